@@ -1,0 +1,44 @@
+# `make demo` and `make test` bootstrap everything from nothing (Python 3.10+ with venv).
+PYTHON ?= python3
+VENV := .venv
+LEAN := .venv-runtime
+BIN := $(VENV)/bin
+TEST_BUNDLE := .cache/test-bundle
+
+.PHONY: demo test test-slow lint lean-test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0   # the CPU build; see README
+	$(BIN)/python -m pip install -q -e ".[export,replay,dev]"
+	touch $@
+
+# The runtime alone, without torch/transformers/onnx: proves the on-robot install stays lean.
+$(LEAN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/python -m pip install -q --upgrade pip
+	$(LEAN)/bin/python -m pip install -q -e ".[replay]" pytest
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/build_engines
+	$(BIN)/runtime --frames 5
+	$(BIN)/runtime --benchmark
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint lean-test
+	$(BIN)/pytest -q
+
+lean-test: $(VENV)/.installed $(LEAN)/.installed
+	$(BIN)/build_engines --output $(TEST_BUNDLE) > /dev/null
+	MOBILE_VLA_TEST_BUNDLE=$(TEST_BUNDLE) $(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
+
+test-slow: $(VENV)/.installed
+	$(BIN)/pytest -q -m slow -s
+
+clean:
+	rm -rf $(VENV) $(LEAN) .cache .pytest_cache .mypy_cache .ruff_cache

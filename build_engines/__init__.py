@@ -1,0 +1,1 @@
+"""Offline pipeline: RoboVLMs checkpoint -> reference policy -> ONNX parts -> bundle (DESIGN §3)."""

@@ -1,0 +1,273 @@
+"""`build_bundle`: checkpoint -> reference policy -> three ONNX parts -> parity -> bundle, written atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from build_engines.checkpoint import (
+    ImportedPolicy,
+    import_checkpoint,
+    write_robovlms_checkpoint,
+    write_training_config,
+)
+from build_engines.export import export_modules, export_part
+from build_engines.parity import ParityReport, check_parity
+from build_engines.presets import NUM_IMAGE_TOKENS, PRESETS, TINY_VOCAB, kosmos_config, tiny_head
+from build_engines.reference import ReferencePolicy
+from build_engines.tokenizer_gen import write_tiny_tokenizer
+from runtime import __version__
+from runtime.bundle import (
+    ActionSettings,
+    Manifest,
+    PartEntry,
+    PolicySettings,
+    hash_files,
+    load_bundle,
+    sha256_file,
+    staged_bundle_dir,
+    write_manifest,
+)
+from runtime.errors import MobileVLAError
+from runtime.preprocess import Preprocessing, check_choice
+from runtime.prompt import LAYOUTS, PROMPT_TEMPLATE, PromptEncoder, PromptSettings
+from runtime.sources import synthetic_frame
+from runtime.specs import PART_NAMES, PartDims, part_specs
+
+log = logging.getLogger("build_engines")
+
+DEFAULT_INSTRUCTION = "navigate around the box to the left"
+DEMO_NORMALIZATION = ActionSettings(norm_action=True, norm_min=(-1.15,), norm_max=(1.15,))
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path
+    checkpoint: Path | None = None  # None: the embedded demo policy
+    config: Path | None = None
+    kosmos_dir: Path | None = None
+    preset: str = "kosmos-2"
+    layout: str = "robovlms"
+    instruction: str = DEFAULT_INSTRUCTION
+    max_prompt_tokens: int = 32
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    parity_frames: int = 12
+    parity_tolerance: float = 1e-4
+    seed: int = 0
+    demo_head_variant: str = "velocities"
+
+    def validate(self) -> None:
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("preset", self.preset, PRESETS)
+        if (self.checkpoint is None) != (self.config is None):
+            raise MobileVLAError("--checkpoint and --config go together: pass both (or neither for the demo bundle)")
+        if self.parity_frames < 1:
+            raise MobileVLAError(f"--parity-frames must be >= 1, got {self.parity_frames}")
+        if self.max_prompt_tokens < 1:
+            raise MobileVLAError(f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}")
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    parity: ParityReport
+    report: dict[str, Any]
+
+
+def demo_policy(options: BuildOptions, workdir: Path) -> ImportedPolicy:
+    """The embedded default: a seeded tiny policy written as a RoboVLMs checkpoint, then imported for real."""
+    torch.manual_seed(options.seed)
+    policy = ReferencePolicy(kosmos_config("tiny"), tiny_head(options.demo_head_variant))
+    checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
+    write_robovlms_checkpoint(policy, checkpoint, seed=options.seed)
+    write_training_config(config, policy.head_config, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
+    log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", checkpoint.name,
+             config.name)
+    return import_checkpoint(checkpoint, config, preset="tiny")
+
+
+def write_tokenizer(options: BuildOptions, stage: Path) -> str:
+    """The real tokenizer from the Kosmos-2 directory, or the generated tiny one; returns where it came from."""
+    target = stage / TOKENIZER_FILE
+    if options.kosmos_dir is not None:
+        source = options.kosmos_dir / TOKENIZER_FILE
+        if not source.is_file():
+            raise MobileVLAError(
+                f"Kosmos-2 directory {options.kosmos_dir} has no {TOKENIZER_FILE}; save it there with "
+                f"`AutoProcessor.from_pretrained(DIR).tokenizer.save_pretrained(DIR)` on a machine that has it"
+            )
+        shutil.copyfile(source, target)
+        return str(source)
+    if options.preset != "tiny":
+        log.warning("no --kosmos-dir: using the generated tiny tokenizer; prompts will NOT match a trained "
+                    "Kosmos-2 policy (fine for random-weight export tests only)")
+    write_tiny_tokenizer(target, vocab_size=TINY_VOCAB)
+    return "generated (tiny preset)"
+
+
+def prompt_settings(options: BuildOptions, tokenizer: Path) -> PromptSettings:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    ids = {name: tok.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<grounding>")}
+    absent = [name for name, value in ids.items() if value is None]
+    if absent:
+        raise MobileVLAError(f"tokenizer {tokenizer} lacks the Kosmos-2 special tokens {absent}")
+    return PromptSettings(
+        layout=options.layout, template=PROMPT_TEMPLATE, default_instruction=options.instruction,
+        max_prompt_tokens=options.max_prompt_tokens, num_image_tokens=NUM_IMAGE_TOKENS,
+        bos_id=ids["<s>"], eos_id=ids["</s>"], pad_id=ids["<pad>"], tokenizer_file=TOKENIZER_FILE,
+    )
+
+
+def make_manifest(imported: ImportedPolicy, options: BuildOptions, prompt: PromptSettings, pre: Preprocessing,
+                  parts: dict[str, PartEntry], stage: Path, reports: dict[str, str],
+                  source: dict[str, Any]) -> Manifest:
+    head = imported.policy.head_config
+    files = [TOKENIZER_FILE, *reports.values()]
+    for entry in parts.values():
+        files += [entry.onnx] + ([entry.external_data] if entry.external_data else [])
+    return Manifest(
+        source=source,
+        policy=PolicySettings(head.variant, head.chunk, head.window, head.action_dim, head.hidden_size,
+                              imported.policy.text_dim),
+        preprocessing=pre,
+        prompt=prompt,
+        action=imported.config.action,
+        parts=parts,
+        files=hash_files(stage, files),
+        reports=reports,
+        producer=f"build_engines {__version__}",
+    )
+
+
+def export_parts(policy: ReferencePolicy, pre: Preprocessing, prompt: PromptSettings, stage: Path,
+                 timings: dict[str, float]) -> dict[str, PartEntry]:
+    head = policy.head_config
+    dims = PartDims(pre.image_size, pre.channels, prompt.num_image_tokens, policy.text_dim, prompt.sequence_length,
+                    head.window, head.chunk, head.action_dim, head.variant)
+    specs = part_specs(dims)
+    modules = export_modules(policy, pre, prompt)
+    parts = {}
+    for name in PART_NAMES:
+        started = time.perf_counter()
+        external = export_part(modules[name], specs[name], stage / f"{name}.onnx")
+        timings[f"export_{name}_s"] = round(time.perf_counter() - started, 2)
+        parts[name] = PartEntry(specs[name], f"{name}.onnx", external)
+        log.info("exported %s.onnx in %.1f s", name, timings[f"export_{name}_s"])
+    return parts
+
+
+def build_bundle(options: BuildOptions) -> BuildResult:
+    options.validate()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mobile-vla-build-") as tmp:
+        if options.checkpoint is None:
+            options = replace(options, preset="tiny")
+            imported = demo_policy(options, Path(tmp))
+            source: dict[str, Any] = {"checkpoint": "embedded demo (tiny preset)", "seed": options.seed}
+        else:
+            assert options.config is not None
+            imported = import_checkpoint(options.checkpoint, options.config, options.kosmos_dir, options.preset)
+            source = {"checkpoint": str(options.checkpoint)}
+        source.update({
+            "checkpoint_sha256": sha256_file(options.checkpoint) if options.checkpoint else None,
+            "config": str(options.config) if options.config else None,
+            "kosmos_dir": str(options.kosmos_dir) if options.kosmos_dir else None,
+            "preset": options.preset if options.kosmos_dir is None else "from kosmos_dir",
+            "lora_layers_merged": imported.lora_merged,
+        })
+        timings["import_s"] = round(time.perf_counter() - started, 2)
+        pre = replace(options.preprocessing, image_mean=imported.config.image_mean,
+                      image_std=imported.config.image_std)
+        with staged_bundle_dir(options.output) as stage:
+            source["tokenizer"] = write_tokenizer(options, stage)
+            prompt = prompt_settings(options, stage / TOKENIZER_FILE)
+            parts = export_parts(imported.policy, pre, prompt, stage, timings)
+            write_manifest(stage, make_manifest(imported, options, prompt, pre, parts, stage, {}, source))
+            parity = run_parity(imported.policy, stage, options)
+            report = build_report(options, source, parity, timings, stage, parts)
+            reports = write_reports(stage, report)
+            write_manifest(stage, make_manifest(imported, options, prompt, pre, parts, stage, reports, source))
+            if not parity.passed:
+                raise MobileVLAError(parity_failure(parity))
+    return BuildResult(options.output, parity, report)
+
+
+def run_parity(policy: ReferencePolicy, stage: Path, options: BuildOptions) -> ParityReport:
+    bundle = load_bundle(stage)
+    manifest = bundle.manifest
+    frames = [synthetic_frame(i, manifest.preprocessing) for i in range(options.parity_frames)]
+    prompt_ids = PromptEncoder(bundle.path(TOKENIZER_FILE), manifest.prompt).prompt_ids(options.instruction)
+    started = time.perf_counter()
+    report = check_parity(policy, bundle, frames, prompt_ids, options.instruction, options.parity_tolerance)
+    log.info("parity over %d frames in %.1f s: %s", options.parity_frames, time.perf_counter() - started,
+             "passed" if report.passed else "FAILED")
+    return report
+
+
+def parity_failure(parity: ParityReport) -> str:
+    failed = [f"{name} max abs err {p.stats.max_abs_err:.3g} > {p.tolerance:g}"
+              for name, p in parity.parts.items() if not p.passed]
+    return ("the exported parts do not reproduce the reference policy: " + "; ".join(failed)
+            + ". No bundle was written. This is a bug in the export unless --parity-tolerance is set too tight; "
+              "report it with the build log")
+
+
+def build_report(options: BuildOptions, source: dict[str, Any], parity: ParityReport, timings: dict[str, float],
+                 stage: Path, parts: dict[str, PartEntry]) -> dict[str, Any]:
+    sizes = {}
+    for name, entry in parts.items():
+        size = (stage / entry.onnx).stat().st_size
+        if entry.external_data:
+            size += (stage / entry.external_data).stat().st_size
+        sizes[name] = size
+    return {
+        "source": source,
+        "layout": options.layout,
+        "parity": parity.to_dict(),
+        "timings": timings,
+        "sizes_bytes": sizes,
+        "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "instruction": options.instruction,
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    parity = report["parity"]
+    lines = [
+        "# Build report",
+        "",
+        f"- source: {report['source']['checkpoint']}",
+        f"- layout: {report['layout']} (a bundle setting: it cannot be read from the checkpoint)",
+        f"- head variant: {parity['head_variant']}",
+        f"- parity: {'PASSED' if parity['passed'] else 'FAILED'} over {parity['frames']} frames (FP32, ONNX Runtime "
+        f"vs PyTorch reference)",
+        "",
+        "| part | max abs err | mean abs err | min cosine | tolerance | ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, p in parity["parts"].items():
+        lines.append(f"| {name} | {p['max_abs_err']:.3g} | {p['mean_abs_err']:.3g} | {p['min_cosine']:.8f} | "
+                     f"{p['tolerance']:g} | {'yes' if p['passed'] else 'NO'} |")
+    lines += ["", "| part | size |", "|---|---|"]
+    lines += [f"| {name} | {size / 1e6:.2f} MB |" for name, size in report["sizes_bytes"].items()]
+    lines += ["", "Timings: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_reports(stage: Path, report: dict[str, Any]) -> dict[str, str]:
+    (stage / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (stage / "build_report.md").write_text(report_markdown(report))
+    return {"build": "build_report.json", "build_readable": "build_report.md"}

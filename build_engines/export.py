@@ -1,0 +1,131 @@
+"""Export of the three parts (DESIGN §3) at fixed shapes, opset 17, through the TorchScript-based exporter.
+
+The export modules re-state the reference's computation in static, export-friendly form: preprocessing inside the
+vision graph; the trunk with the prompt padded after the action token, the action token placed with `Where` (no
+ScatterND/NonZero) and its state read with `Gather`; the head over a fixed window with a `history_len` input.
+Parity against the reference (parity.py) proves the re-statement is exact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from build_engines.graph_passes import clean_graph, save_model
+from build_engines.reference import ReferencePolicy
+from runtime.preprocess import Preprocessing, model_channel_indices
+from runtime.prompt import PromptSettings, image_offset
+from runtime.specs import PartSpec
+
+NUMPY_TO_TORCH = {"uint8": torch.uint8, "int64": torch.int64, "float32": torch.float32}
+
+
+class VisionExport(nn.Module):
+    """uint8 `(1, S, S, C)` frame -> image embeds `(1, 64, D)`; channel pick, /255 and CLIP norm inside."""
+
+    def __init__(self, policy: ReferencePolicy, pre: Preprocessing) -> None:
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("channels", torch.tensor(model_channel_indices(pre), dtype=torch.long))
+        self.register_buffer("mean", torch.tensor(pre.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(pre.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, frame: Tensor) -> Tensor:
+        pixels = frame.to(torch.float32).index_select(3, self.channels).permute(0, 3, 1, 2) / 255.0
+        pixels = (pixels - self.mean) / self.std
+        vision = self.policy.backbone.vision_model
+        hidden = vision.model.post_layernorm(vision(pixel_values=pixels).last_hidden_state)
+        # L2 normalization written out: F.normalize's ReduceL2 does not survive every exporter/opset path.
+        hidden = hidden / torch.sqrt((hidden * hidden).sum(dim=-1, keepdim=True)).clamp_min(1e-12)
+        embeds, _ = self.policy.backbone.image_to_text_projection(hidden)
+        out: Tensor = embeds
+        return out
+
+
+class TrunkExport(nn.Module):
+    """Image embeds + padded prompt -> the action token's final hidden state `(1, D)`."""
+
+    def __init__(self, policy: ReferencePolicy, prompt: PromptSettings) -> None:
+        super().__init__()
+        text = policy.backbone.text_model.model
+        length = prompt.sequence_length
+        self.text = text
+        self.action_token = policy.action_token
+        self.offset = image_offset(prompt.layout)
+        self.num_image = prompt.num_image_tokens
+        self.scale = float(text.embed_scale)
+        dim = policy.text_dim
+        positions = text.embed_positions(inputs_embeds=torch.zeros(1, length, dim))  # ids 2..L+1, not mask-aware
+        self.register_buffer("positions", positions.detach().clone())
+        self.register_buffer("sequence", torch.arange(length, dtype=torch.long))
+        self.register_buffer("causal", torch.ones(length, length, dtype=torch.bool).tril())
+
+    def forward(self, image_embeds: Tensor, input_ids: Tensor, attention_mask: Tensor, action_index: Tensor) -> Tensor:
+        embeds = self.text.embed_tokens(input_ids)
+        end = self.offset + self.num_image
+        embeds = torch.cat([embeds[:, : self.offset], image_embeds, embeds[:, end:]], dim=1)
+        is_action = (self.sequence == action_index).view(1, -1, 1)
+        embeds = torch.where(is_action, self.action_token.view(1, 1, -1), embeds)
+        hidden = embeds * self.scale + self.positions
+        allowed = self.causal.view(1, 1, *self.causal.shape) & attention_mask.bool().view(1, 1, 1, -1)
+        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        for layer in self.text.layers:
+            hidden = layer(hidden, attention_mask=mask)
+        hidden = self.text.layer_norm(hidden)
+        return hidden.index_select(1, action_index).reshape(1, -1)
+
+
+class HeadExport(nn.Module):
+    """Features of the last `window` frames (zero rows past `history_len`) -> the chunk of the current frame."""
+
+    def __init__(self, policy: ReferencePolicy) -> None:
+        super().__init__()
+        self.head = policy.act_head
+
+    def forward(self, features: Tensor, history_len: Tensor) -> tuple[Tensor, ...]:
+        out, _ = self.head.rnn(features)
+        last = out.index_select(1, history_len - 1).reshape(1, -1)  # causal: later (zero) steps do not matter
+        decoded = self.head.decode(last)
+        return tuple(decoded[name] for name in ("actions", "gripper_logits") if name in decoded)
+
+
+def export_modules(policy: ReferencePolicy, pre: Preprocessing, prompt: PromptSettings) -> dict[str, nn.Module]:
+    return {"vision": VisionExport(policy, pre), "trunk": TrunkExport(policy, prompt), "head": HeadExport(policy)}
+
+
+def example_inputs(spec: PartSpec) -> tuple[Tensor, ...]:
+    """Valid dummy inputs (indices in range) for tracing."""
+    values = []
+    for t in spec.inputs:
+        if t.name in ("action_index", "history_len"):
+            values.append(torch.ones(t.shape, dtype=torch.int64))
+        elif t.name == "attention_mask":
+            values.append(torch.ones(t.shape, dtype=torch.int64))
+        else:
+            values.append(torch.zeros(t.shape, dtype=NUMPY_TO_TORCH[t.dtype]))
+    return tuple(values)
+
+
+@torch.no_grad()
+def export_part(module: nn.Module, spec: PartSpec, path: Path) -> str | None:
+    """Trace-export one part, clean the graph, save it; returns the external data file name, if any."""
+    module.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / f"{spec.name}.onnx"
+        torch.onnx.export(
+            module,
+            example_inputs(spec),
+            str(raw),
+            input_names=spec.input_names(),
+            output_names=spec.output_names(),
+            opset_version=spec.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        model = onnx.load(str(raw), load_external_data=True)
+    cleaned = clean_graph(model, spec.output_names())
+    return save_model(cleaned, path)

@@ -1,0 +1,121 @@
+"""Parity: ONNX Runtime vs the PyTorch reference, per part and end to end through the real runtime pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from build_engines.reference import ReferencePolicy, ReferenceStep, run_reference_episode
+from runtime.bundle import Bundle
+from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize, onnx_runners
+from runtime.prompt import layout_text_inputs
+from runtime.runners import Runner
+
+
+@dataclass
+class ErrorStats:
+    max_abs_err: float = 0.0
+    mean_abs_err: float = 0.0
+    min_cosine: float = 1.0
+    samples: int = 0
+
+    def add(self, got: np.ndarray, want: np.ndarray) -> None:
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        self.max_abs_err = max(self.max_abs_err, float(diff.max()))
+        self.mean_abs_err = (self.mean_abs_err * self.samples + float(diff.mean())) / (self.samples + 1)
+        a, b = got.ravel().astype(np.float64), want.ravel().astype(np.float64)
+        denom = np.linalg.norm(a) * np.linalg.norm(b)
+        cosine = float(a @ b / denom) if denom > 0 else 1.0
+        self.min_cosine = min(self.min_cosine, cosine)
+        self.samples += 1
+
+
+@dataclass
+class PartParity:
+    stats: ErrorStats
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.stats.max_abs_err <= self.tolerance
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self.stats), "tolerance": self.tolerance, "passed": self.passed}
+
+
+@dataclass
+class ParityReport:
+    parts: dict[str, PartParity]  # vision, trunk, head, end_to_end (de-normalized chunk), chunk0
+    frames: int
+    layout: str
+    head_variant: str
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.parts.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "frames": self.frames,
+            "layout": self.layout,
+            "head_variant": self.head_variant,
+            "passed": self.passed,
+            "parts": {name: p.to_dict() for name, p in self.parts.items()},
+        }
+
+
+def numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def reference_chunk(step: ReferenceStep) -> np.ndarray:
+    return numpy(step.outputs["actions"][0])
+
+
+def check_parts(runners: dict[str, Runner], steps: Sequence[ReferenceStep], frames: Sequence[np.ndarray],
+                bundle: Bundle, prompt_ids: Sequence[int]) -> dict[str, ErrorStats]:
+    """Each part fed the reference's own inputs, so errors do not compound across parts."""
+    manifest = bundle.manifest
+    text = layout_text_inputs(list(prompt_ids), manifest.prompt).feed()
+    window, dim = manifest.policy.window, manifest.policy.text_dim
+    stats = {"vision": ErrorStats(), "trunk": ErrorStats(), "head": ErrorStats()}
+    for t, (frame, step) in enumerate(zip(frames, steps, strict=True)):
+        got = runners["vision"].infer({"frame": frame[None]})["image_embeds"]
+        stats["vision"].add(got, numpy(step.image_embeds))
+        got = runners["trunk"].infer({"image_embeds": numpy(step.image_embeds), **text})["action_feature"]
+        stats["trunk"].add(got, numpy(step.feature))
+        history = np.zeros((1, window, dim), dtype=np.float32)
+        recent = [numpy(s.feature)[0] for s in steps[max(0, t + 1 - window) : t + 1]]
+        history[0, : len(recent)] = recent
+        outputs = runners["head"].infer({"features": history, "history_len": np.array([len(recent)], np.int64)})
+        for name, value in outputs.items():
+            stats["head"].add(value, numpy(step.outputs[name]))
+    return stats
+
+
+def check_parity(policy: ReferencePolicy, bundle: Bundle, frames: Sequence[np.ndarray],
+                 prompt_ids: Sequence[int], instruction: str, tolerance: float) -> ParityReport:
+    manifest = bundle.manifest
+    steps = run_reference_episode(policy, frames, prompt_ids, manifest.prompt, manifest.preprocessing)
+    runners = onnx_runners(bundle)
+    output = OutputSettings(manifest.action.output_scale, manifest.action.output_limit)
+    with ExitStack() as stack:
+        for runner in runners.values():
+            stack.enter_context(runner)
+        part_stats = check_parts(runners, steps, frames, bundle, prompt_ids)
+        pipeline = PolicyPipeline(bundle, runners, instruction, output)
+        end_to_end, first = ErrorStats(), ErrorStats()
+        for frame, step in zip(frames, steps, strict=True):
+            result = pipeline.step(frame)
+            want = denormalize(reference_chunk(step), manifest.action, output)
+            end_to_end.add(result.chunk, want)
+            first.add(result.velocity, want[0])
+    specs = {name: entry.spec for name, entry in manifest.parts.items()}
+    parts = {name: PartParity(stats, specs[name].tolerance) for name, stats in part_stats.items()}
+    parts["end_to_end"] = PartParity(end_to_end, tolerance)
+    parts["chunk0"] = PartParity(first, tolerance)
+    return ParityReport(parts, len(frames), manifest.prompt.layout, manifest.policy.head_variant)

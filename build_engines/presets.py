@@ -1,0 +1,68 @@
+"""Model presets (DESIGN §5): `tiny` (same module structure, small widths) and `kosmos-2` (the real shapes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import Kosmos2Config
+
+from runtime.errors import MobileVLAError
+from runtime.specs import HEAD_VARIANTS
+
+PRESETS = ("tiny", "kosmos-2")
+TINY_VOCAB = 512
+NUM_IMAGE_TOKENS = 64  # Kosmos-2's latent queries; both layouts depend on this count
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The LSTM policy head (DESIGN §2.3). `chunk` = fwd_pred_next_n, `window` = window_size."""
+
+    variant: str = "velocities"
+    hidden_size: int = 512
+    num_layers: int = 4
+    chunk: int = 10
+    window: int = 8
+    action_dim: int = 2
+
+    def __post_init__(self) -> None:
+        if self.variant not in HEAD_VARIANTS:
+            raise MobileVLAError(f"unknown head variant {self.variant!r}; expected one of {', '.join(HEAD_VARIANTS)}")
+        if self.variant == "actions_gripper" and self.action_dim < 2:
+            raise MobileVLAError(f"the actions+gripper head needs action_dim >= 2, got {self.action_dim}")
+
+    @property
+    def action_outputs(self) -> int:
+        """Width of the actions/velocities MLP's last layer."""
+        per_step = self.action_dim if self.variant == "velocities" else self.action_dim - 1
+        return self.chunk * per_step
+
+
+def kosmos_config(preset: str) -> Kosmos2Config:
+    """The backbone config of a preset, with eager attention (plain MatMul/Softmax in the exported graphs)."""
+    if preset == "tiny":
+        text: dict[str, Any] = dict(
+            vocab_size=TINY_VOCAB, embed_dim=64, layers=2, ffn_dim=128, attention_heads=4,
+            max_position_embeddings=512, dropout=0.0, attention_dropout=0.0,
+        )
+        vision: dict[str, Any] = dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=224, patch_size=14,
+        )
+        config = Kosmos2Config(text_config=text, vision_config=vision, latent_query_num=NUM_IMAGE_TOKENS)
+    elif preset == "kosmos-2":
+        config = Kosmos2Config(latent_query_num=NUM_IMAGE_TOKENS)
+    else:
+        raise MobileVLAError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return with_eager_attention(config)
+
+
+def with_eager_attention(config: Kosmos2Config) -> Kosmos2Config:
+    for cfg in (config, config.text_config, config.vision_config):
+        cfg._attn_implementation = "eager"
+    return config
+
+
+def tiny_head(variant: str = "velocities") -> HeadConfig:
+    return HeadConfig(variant=variant, hidden_size=64, action_dim=2 if variant == "velocities" else 3)

@@ -1,0 +1,267 @@
+"""The bundle format, defined once (DESIGN §3): a directory with `manifest.json`, ONNX parts, tokenizer, reports.
+
+`load_bundle` validates on load (format version, every listed file present, sha256) and refuses a bad bundle with a
+message that says how to fix it. `staged_bundle_dir` makes writes atomic: a build writes into a hidden sibling
+directory and swaps it in only when complete, so a failed build never leaves a bundle that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import MobileVLAError
+from runtime.preprocess import Preprocessing
+from runtime.prompt import PromptSettings
+from runtime.specs import HEAD_VARIANTS, PART_NAMES, PartSpec
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    head_variant: str  # velocities | actions_gripper
+    chunk: int  # fwd_pred_next_n
+    window: int  # window_size
+    action_dim: int
+    lstm_hidden: int
+    text_dim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "head_variant": self.head_variant,
+            "fwd_pred_next_n": self.chunk,
+            "window_size": self.window,
+            "action_dim": self.action_dim,
+            "lstm_hidden_size": self.lstm_hidden,
+            "text_dim": self.text_dim,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicySettings:
+        variant = str(data["head_variant"])
+        if variant not in HEAD_VARIANTS:
+            raise MobileVLAError(f"manifest head_variant {variant!r} is unknown; expected one of {HEAD_VARIANTS}")
+        return cls(
+            head_variant=variant,
+            chunk=int(data["fwd_pred_next_n"]),
+            window=int(data["window_size"]),
+            action_dim=int(data["action_dim"]),
+            lstm_hidden=int(data["lstm_hidden_size"]),
+            text_dim=int(data["text_dim"]),
+        )
+
+
+@dataclass(frozen=True)
+class ActionSettings:
+    """De-normalization (from training) and output scaling defaults (runtime flags override scale and limit)."""
+
+    norm_action: bool = False
+    norm_min: tuple[float, ...] = (-1.0,)
+    norm_max: tuple[float, ...] = (1.0,)
+    output_scale: float = 1.0
+    output_limit: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "norm_action": self.norm_action,
+            "norm_min": list(self.norm_min),
+            "norm_max": list(self.norm_max),
+            "output_scale": self.output_scale,
+            "output_limit": self.output_limit,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ActionSettings:
+        limit = data.get("output_limit")
+        return cls(
+            norm_action=bool(data["norm_action"]),
+            norm_min=tuple(float(v) for v in data["norm_min"]),
+            norm_max=tuple(float(v) for v in data["norm_max"]),
+            output_scale=float(data.get("output_scale", 1.0)),
+            output_limit=None if limit is None else float(limit),
+        )
+
+
+@dataclass(frozen=True)
+class PartEntry:
+    spec: PartSpec
+    onnx: str
+    external_data: str | None = None
+    engines: dict[str, Any] = field(default_factory=dict)  # precision -> {file, tensorrt, device, ...} (issue 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "external_data": self.external_data, "engines": self.engines, **self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> PartEntry:
+        return cls(
+            spec=PartSpec.from_dict(name, data),
+            onnx=str(data["onnx"]),
+            external_data=data.get("external_data"),
+            engines=dict(data.get("engines", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: dict[str, Any]
+    policy: PolicySettings
+    preprocessing: Preprocessing
+    prompt: PromptSettings
+    action: ActionSettings
+    parts: dict[str, PartEntry]
+    files: dict[str, str]  # relative path -> sha256
+    reports: dict[str, str]
+    producer: str
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "producer": self.producer,
+            "source": self.source,
+            "policy": self.policy.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "prompt": self.prompt.to_dict(),
+            "action": self.action.to_dict(),
+            "parts": {name: entry.to_dict() for name, entry in self.parts.items()},
+            "files": self.files,
+            "reports": self.reports,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(
+            format_version=int(data["format_version"]),
+            producer=str(data.get("producer", "")),
+            source=dict(data["source"]),
+            policy=PolicySettings.from_dict(data["policy"]),
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            prompt=PromptSettings.from_dict(data["prompt"]),
+            action=ActionSettings.from_dict(data["action"]),
+            parts={name: PartEntry.from_dict(name, data["parts"][name]) for name in PART_NAMES},
+            files={str(k): str(v) for k, v in data["files"].items()},
+            reports={str(k): str(v) for k, v in data.get("reports", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def part_path(self, name: str) -> Path:
+        return self.root / self.manifest.parts[name].onnx
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(root: Path, verify_hashes: bool = True) -> Bundle:
+    """Read and validate a bundle directory."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MobileVLAError(
+            f"bundle directory {root} does not exist; build one with `build_engines` (no arguments builds the demo "
+            f"bundle) or pass --bundle PATH"
+        )
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise MobileVLAError(
+            f"{root} has no {MANIFEST_NAME}: it is not a bundle, or its build did not finish; rebuild it with "
+            f"build_engines"
+        )
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MobileVLAError(f"{manifest_path} is not valid JSON ({exc}); rebuild the bundle with build_engines") from exc
+    if not isinstance(raw, dict):
+        raise MobileVLAError(f"{manifest_path} must hold a JSON object; rebuild the bundle with build_engines")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise MobileVLAError(
+            f"{manifest_path} has bundle format version {version!r}; this runtime reads version {FORMAT_VERSION}. "
+            f"Rebuild the bundle with this version's build_engines, or use the runtime that matches the bundle"
+        )
+    try:
+        manifest = Manifest.from_dict(raw)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise MobileVLAError(
+            f"{manifest_path} is missing or has a malformed entry ({type(exc).__name__}: {exc}); rebuild the bundle"
+        ) from exc
+    check_files(root, manifest, verify_hashes)
+    return Bundle(root, manifest)
+
+
+def check_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:
+    listed = set(manifest.files)
+    for entry in manifest.parts.values():
+        for needed in (entry.onnx, entry.external_data):
+            if needed is not None and needed not in listed:
+                raise MobileVLAError(f"bundle {root}: manifest lists part file {needed} without a sha256; rebuild")
+    for relative, expected in sorted(manifest.files.items()):
+        path = root / relative
+        if not path.is_file():
+            raise MobileVLAError(
+                f"bundle {root} is incomplete: {relative} is missing. Copy the whole bundle directory again, or "
+                f"rebuild it with build_engines"
+            )
+        if verify_hashes:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise MobileVLAError(
+                    f"bundle {root}: {relative} has sha256 {actual[:16]}…, the manifest says {expected[:16]}…. The "
+                    f"file was changed or damaged in transfer; copy the bundle again or rebuild it"
+                )
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+
+
+def hash_files(root: Path, names: list[str]) -> dict[str, str]:
+    return {name: sha256_file(root / name) for name in sorted(names)}
+
+
+@contextlib.contextmanager
+def staged_bundle_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty staging directory beside `final`; on success swap it in, on error remove it.
+
+    The manifest is the last file a build writes, and the swap is a rename, so readers see either the old
+    complete bundle or the new complete one.
+    """
+    final = Path(final).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        yield staging
+        if not (staging / MANIFEST_NAME).is_file():
+            raise RuntimeError(f"bug: staged bundle {staging} has no manifest")
+        retired = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
