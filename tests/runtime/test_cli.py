@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.cli import main
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_runs_and_prints_velocity_json_lines(demo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--bundle", str(demo_bundle), "--frames", "12", "--instruction", "turn left"]) == 0
+    records = json_lines(capsys.readouterr().out)
+    assert len(records) == 12
+    first = records[0]
+    assert first["frame"] == 0 and first["instruction"] == "turn left"
+    chunk = np.array(first["chunk"])
+    assert chunk.shape == (10, 2)
+    assert first["velocity"] == first["chunk"][0]
+    assert [r["history"] for r in records] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8, 8]
+    # demo normalization is ±1.15 around tanh outputs
+    assert np.abs(np.array([r["chunk"] for r in records])).max() <= 1.15
+
+
+def test_output_scale_and_limit_flags(demo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--bundle", str(demo_bundle), "--frames", "2"])
+    plain = np.array([r["chunk"] for r in json_lines(capsys.readouterr().out)])
+    main(["--bundle", str(demo_bundle), "--frames", "2", "--output-scale", "2.0", "--output-limit", "0.05"])
+    scaled = np.array([r["chunk"] for r in json_lines(capsys.readouterr().out)])
+    np.testing.assert_allclose(scaled, np.clip(plain * 2.0, -0.05, 0.05), atol=2e-6)
+
+
+def test_benchmark_prints_table_and_writes_json(demo_bundle: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["--bundle", str(demo_bundle), "--benchmark", "--frames", "25", "--warmup", "5",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "p50 ms" in printed and "FPS" in printed and not json_lines(printed)
+    report = json.loads(out.read_text())
+    assert report["frames"] == 20 and report["warmup"] == 5
+    for stage in ("vision", "trunk", "head", "total"):
+        stats = report["stages_ms"][stage]
+        assert 0 < stats["p50"] <= stats["p99"] <= stats["max"]
+    assert report["stages_ms"]["total"]["p50"] >= report["stages_ms"]["vision"]["p50"]
+    assert report["fps"] > 0
+
+
+def write_episode(path: Path, frames: int, instruction: str | None) -> np.ndarray:
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (frames, 72, 128, 3), dtype=np.uint8)
+    with h5py.File(path, "w") as f:
+        f.attrs["episode_name"] = path.stem
+        f.attrs["num_frames"] = frames
+        f.create_dataset("images", data=images)
+        f.create_dataset("actions", data=rng.uniform(-1, 1, (frames, 3)).astype(np.float32))
+        if instruction:
+            f.create_dataset("language_instruction", data=instruction)
+    return images
+
+
+def test_h5_replay_resets_history_per_episode_and_reads_instruction(
+    demo_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_episode(tmp_path / "episode_20250808_123136_1box_vert_left.h5", 3, "go left")
+    write_episode(tmp_path / "episode_20250808_124000_1box_vert_right.h5", 2, None)
+    assert main(["--bundle", str(demo_bundle), "--source", f"h5:{tmp_path}"]) == 0
+    records = json_lines(capsys.readouterr().out)
+    assert [(r["frame"], r["history"]) for r in records] == [(0, 1), (1, 2), (2, 3), (0, 1), (1, 2)]
+    assert records[0]["instruction"] == "go left"
+    assert records[3]["instruction"] == "navigate around the box to the left"  # bundle default
+    assert len(records[0]["recorded_action"]) == 3
+
+
+def test_user_errors_exit_nonzero_with_message(demo_bundle: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--bundle", str(tmp_path / "missing")]) == 2
+    assert "runtime: error: bundle directory" in capsys.readouterr().err
+    assert main(["--bundle", str(demo_bundle), "--source", "camera0"]) == 2
+    assert "unknown source 'camera0'; expected `synthetic` or `h5:PATH`" in capsys.readouterr().err
+    assert main(["--bundle", str(demo_bundle), "--instruction", "go " * 100, "--frames", "1"]) == 2
+    assert "--max-prompt-tokens" in capsys.readouterr().err
+    assert main(["--bundle", str(demo_bundle), "--source", f"h5:{tmp_path}"]) == 2
+    assert "holds no .h5/.hdf5 episode files" in capsys.readouterr().err
+
+
+def test_runtime_imports_no_heavy_packages() -> None:
+    code = (
+        "import sys, runtime, runtime.cli, runtime.pipeline, runtime.sources, runtime.runners\n"
+        "heavy = [m for m in ('torch', 'transformers', 'onnx', 'onnx_graphsurgeon') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
