@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +133,7 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
                 f"torch.save({{'state_dict': model.state_dict()}}, path)"
             ) from exc
         raise MobileVLAError(f"checkpoint {path} is not a PyTorch checkpoint ({text.splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load raises many types (RuntimeError, IndexError, zip errors) on non-checkpoints
         raise MobileVLAError(
             f"checkpoint {path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); is it truncated "
             f"or another format?"
@@ -296,27 +295,27 @@ def import_checkpoint(
         if key not in state and key in base:
             state[key] = base[key]
             filled += 1
+    wrong = [
+        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
+        for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise MobileVLAError(
+            f"checkpoint {checkpoint} has mis-shaped tensors: {_listing(wrong)}. The backbone preset or Kosmos-2 "
+            f"directory does not match the checkpoint"
+        )
     missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected and not k.endswith(IGNORED_SUFFIXES))
     if missing:
         hint = "" if kosmos_dir else (
             " If the checkpoint holds only the trained weights (frozen base left out), pass --kosmos-dir with the "
             "local Kosmos-2 directory."
         )
         raise MobileVLAError(f"checkpoint {checkpoint} is missing keys the policy needs: {_listing(missing)}.{hint}")
+    unexpected = sorted(k for k in state if k not in expected and not k.endswith(IGNORED_SUFFIXES))
     if unexpected:
         raise MobileVLAError(
             f"checkpoint {checkpoint} has keys this policy does not have: {_listing(unexpected)}. Is it a RoboVLMs "
             f"Kosmos-2 policy with an LSTM head, and does --preset/--kosmos-dir match its backbone?"
-        )
-    wrong = [
-        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-        for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise MobileVLAError(
-            f"checkpoint {checkpoint} has mis-shaped tensors: {_listing(wrong)}. The backbone preset or Kosmos-2 "
-            f"directory does not match the checkpoint"
         )
     policy.load_state_dict({k[len("model."):]: v.float() for k, v in state.items() if k in expected}, strict=False)
     log.info("imported %s: head %s (LSTM %d×%d), %d LoRA layers merged, %d tensors from the Kosmos-2 directory",
