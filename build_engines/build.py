@@ -84,10 +84,15 @@ class BuildResult:
     report: dict[str, Any]
 
 
+def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
+    """The tiny preset with seeded random weights."""
+    torch.manual_seed(seed)
+    return ReferencePolicy(kosmos_config("tiny"), tiny_head(variant))
+
+
 def demo_policy(options: BuildOptions, workdir: Path) -> ImportedPolicy:
     """The embedded default: a seeded tiny policy written as a RoboVLMs checkpoint, then imported for real."""
-    torch.manual_seed(options.seed)
-    policy = ReferencePolicy(kosmos_config("tiny"), tiny_head(options.demo_head_variant))
+    policy = demo_reference_policy(options.seed, options.demo_head_variant)
     checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
     write_robovlms_checkpoint(policy, checkpoint, seed=options.seed)
     write_training_config(config, policy.head_config, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
@@ -119,10 +124,11 @@ def prompt_settings(options: BuildOptions, tokenizer: Path) -> PromptSettings:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer))
-    ids = {name: tok.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<grounding>")}
-    absent = [name for name, value in ids.items() if value is None]
+    found = {name: tok.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<grounding>")}
+    absent = [name for name, value in found.items() if value is None]
     if absent:
         raise MobileVLAError(f"tokenizer {tokenizer} lacks the Kosmos-2 special tokens {absent}")
+    ids = {name: int(value) for name, value in found.items() if value is not None}
     return PromptSettings(
         layout=options.layout, template=PROMPT_TEMPLATE, default_instruction=options.instruction,
         max_prompt_tokens=options.max_prompt_tokens, num_image_tokens=NUM_IMAGE_TOKENS,

@@ -146,7 +146,9 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
             break
     tensors = {str(k): v for k, v in loaded.items() if isinstance(v, Tensor)}
     if not tensors:
-        raise MobileVLAError(f"checkpoint {path} has no tensors under `state_dict`, `model_state_dict` or its top level")
+        raise MobileVLAError(
+            f"checkpoint {path} has no tensors under `state_dict`, `model_state_dict` or its top level"
+        )
     return tensors
 
 

@@ -28,6 +28,10 @@ NUMPY_TO_TORCH = {"uint8": torch.uint8, "int64": torch.int64, "float32": torch.f
 class VisionExport(nn.Module):
     """uint8 `(1, S, S, C)` frame -> image embeds `(1, 64, D)`; channel pick, /255 and CLIP norm inside."""
 
+    channels: Tensor
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, policy: ReferencePolicy, pre: Preprocessing) -> None:
         super().__init__()
         self.policy = policy
@@ -50,6 +54,10 @@ class VisionExport(nn.Module):
 class TrunkExport(nn.Module):
     """Image embeds + padded prompt -> the action token's final hidden state `(1, D)`."""
 
+    positions: Tensor
+    sequence: Tensor
+    causal: Tensor
+
     def __init__(self, policy: ReferencePolicy, prompt: PromptSettings) -> None:
         super().__init__()
         text = policy.backbone.text_model.model
@@ -69,7 +77,7 @@ class TrunkExport(nn.Module):
         embeds = self.text.embed_tokens(input_ids)
         end = self.offset + self.num_image
         embeds = torch.cat([embeds[:, : self.offset], image_embeds, embeds[:, end:]], dim=1)
-        is_action = (self.sequence == action_index).view(1, -1, 1)
+        is_action = torch.eq(self.sequence, action_index).view(1, -1, 1)
         embeds = torch.where(is_action, self.action_token.view(1, 1, -1), embeds)
         hidden = embeds * self.scale + self.positions
         allowed = self.causal.view(1, 1, *self.causal.shape) & attention_mask.bool().view(1, 1, 1, -1)

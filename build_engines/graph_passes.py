@@ -45,9 +45,7 @@ def clean_graph(model: onnx.ModelProto, output_names: list[str]) -> onnx.ModelPr
     graph = keep_outputs(graph, output_names)
     graph = remove_identities(graph)
     graph = fold_constants(graph)
-    cleaned = gs.export_onnx(graph)
-    cleaned.ir_version = model.ir_version
-    return cleaned
+    return gs.export_onnx(graph)  # keeps the exporter's IR version (gs records it on import)
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> str | None:

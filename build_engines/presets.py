@@ -59,7 +59,8 @@ def kosmos_config(preset: str) -> Kosmos2Config:
 
 
 def with_eager_attention(config: Kosmos2Config) -> Kosmos2Config:
-    for cfg in (config, config.text_config, config.vision_config):
+    configs: list[Any] = [config, config.text_config, config.vision_config]
+    for cfg in configs:
         cfg._attn_implementation = "eager"
     return config
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
 
 from build_engines.presets import HeadConfig
 from runtime.preprocess import Preprocessing, normalize_frame
-from runtime.prompt import FALLBACK_TEXT_SLOTS, PromptSettings, check_choice, LAYOUTS
+from runtime.prompt import FALLBACK_TEXT_SLOTS, LAYOUTS, PromptSettings, check_choice
 
 MLP_WIDTHS = (1024, 512, 256)  # RoboVLMs' MLPTanhHead/MLPSigmoidHead hidden widths
 
@@ -73,7 +74,8 @@ class ReferencePolicy(nn.Module):
     def __init__(self, kosmos: Kosmos2Config, head: HeadConfig) -> None:
         super().__init__()
         self.backbone = Kosmos2ForConditionalGeneration(kosmos)
-        self.text_dim = int(kosmos.text_config.embed_dim)
+        text_config: Any = kosmos.text_config
+        self.text_dim = int(text_config.embed_dim)
         self.action_token = nn.Parameter(torch.zeros(self.text_dim))
         self.act_head = PolicyHead(self.text_dim, head)
         self.head_config = head
@@ -103,10 +105,8 @@ class ReferencePolicy(nn.Module):
             return torch.tensor([list(values)], dtype=torch.long)
 
         if prompt.layout == "robovlms":
-            seq = torch.cat(
-                [embed(ids([prompt.bos_id])), image_embeds, embed(ids(prompt_ids)), action, embed(ids([prompt.eos_id]))],
-                dim=1,
-            )
+            bos, eos = embed(ids([prompt.bos_id])), embed(ids([prompt.eos_id]))
+            seq = torch.cat([bos, image_embeds, embed(ids(prompt_ids)), action, eos], dim=1)
             mask = torch.ones(1, seq.shape[1], dtype=torch.long)
             index = seq.shape[1] - 2
         else:

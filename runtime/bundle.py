@@ -191,7 +191,9 @@ def load_bundle(root: Path, verify_hashes: bool = True) -> Bundle:
     try:
         raw = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MobileVLAError(f"{manifest_path} is not valid JSON ({exc}); rebuild the bundle with build_engines") from exc
+        raise MobileVLAError(
+            f"{manifest_path} is not valid JSON ({exc}); rebuild the bundle with build_engines"
+        ) from exc
     if not isinstance(raw, dict):
         raise MobileVLAError(f"{manifest_path} must hold a JSON object; rebuild the bundle with build_engines")
     version = raw.get("format_version")

@@ -100,7 +100,8 @@ def test_key_normalization_handles_wrappers_and_peft_duplicates() -> None:
     assert list(only_dup) == ["model.backbone.vision_model.x"]
 
 
-def test_missing_checkpoint_and_deepspeed_directory(tmp_path: Path, written: tuple[ReferencePolicy, Path, Path]) -> None:
+def test_missing_checkpoint_and_deepspeed_directory(tmp_path: Path,
+                                                    written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, _, config = written
     with pytest.raises(MobileVLAError, match=r"checkpoint .*nope.ckpt does not exist; pass --checkpoint"):
         import_checkpoint(tmp_path / "nope.ckpt", config, preset="tiny")
@@ -169,7 +170,8 @@ def test_lora_with_inconsistent_rank(tmp_path: Path, written: tuple[ReferencePol
     key = next(k for k in state if k.endswith("q_proj.lora_B.default.weight"))
     state[key] = torch.zeros(state[key].shape[0], 3)
     path = save_state(tmp_path / "r.ckpt", state)
-    with pytest.raises(MobileVLAError, match=r"inconsistent LoRA rank at .*q_proj: lora_A \[4, \d+\], lora_B \[\d+, 3\]"):
+    with pytest.raises(MobileVLAError, match=r"inconsistent LoRA rank at .*q_proj: "
+                                             r"lora_A \[4, \d+\], lora_B \[\d+, 3\]"):
         import_checkpoint(path, config, preset="tiny")
     wrong_r = edit_config(config, tmp_path / "c.json", train_setup__lora_r=8)
     with pytest.raises(MobileVLAError, match=r"inconsistent LoRA rank .*lora_r = 8"):
