@@ -16,13 +16,14 @@ import torch
 
 from build_engines.checkpoint import (
     ImportedPolicy,
+    default_training_config,
     import_checkpoint,
     write_robovlms_checkpoint,
     write_training_config,
 )
 from build_engines.export import export_modules, export_part
 from build_engines.parity import ParityReport, check_parity
-from build_engines.presets import NUM_IMAGE_TOKENS, PRESETS, TINY_VOCAB, kosmos_config, tiny_head
+from build_engines.presets import NUM_IMAGE_TOKENS, PRESETS, TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
 from build_engines.reference import ReferencePolicy
 from build_engines.tokenizer_gen import write_tiny_tokenizer
 from runtime import __version__
@@ -65,6 +66,7 @@ class BuildOptions:
     parity_tolerance: float = 1e-4
     seed: int = 0
     demo_head_variant: str = "velocities"
+    random_weights: bool = False  # no checkpoint: random weights at the preset's shapes (export/latency tests)
 
     def validate(self) -> None:
         check_choice("layout", self.layout, LAYOUTS)
@@ -99,6 +101,16 @@ def demo_policy(options: BuildOptions, workdir: Path) -> ImportedPolicy:
     log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", checkpoint.name,
              config.name)
     return import_checkpoint(checkpoint, config, preset="tiny")
+
+
+def random_policy(options: BuildOptions) -> ImportedPolicy:
+    """Random weights at a preset's real shapes, without a checkpoint round trip (a real-size checkpoint would
+    need several copies of 6.6 GB in memory). The Mobile VLA head: velocities, LSTM hidden 512."""
+    torch.manual_seed(options.seed)
+    head = tiny_head() if options.preset == "tiny" else HeadConfig()
+    policy = ReferencePolicy(kosmos_config(options.preset), head)
+    log.warning("random weights at the %s preset's shapes: for export and latency tests only", options.preset)
+    return ImportedPolicy(policy, default_training_config(head, DEMO_NORMALIZATION), None, 0, 0)
 
 
 def write_tokenizer(options: BuildOptions, stage: Path) -> str:
@@ -179,10 +191,13 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mobile-vla-build-") as tmp:
-        if options.checkpoint is None:
+        if options.checkpoint is None and options.random_weights:
+            imported = random_policy(options)
+            source: dict[str, Any] = {"checkpoint": f"random weights ({options.preset} preset)", "seed": options.seed}
+        elif options.checkpoint is None:
             options = replace(options, preset="tiny")
             imported = demo_policy(options, Path(tmp))
-            source: dict[str, Any] = {"checkpoint": "embedded demo (tiny preset)", "seed": options.seed}
+            source = {"checkpoint": "embedded demo (tiny preset)", "seed": options.seed}
         else:
             assert options.config is not None
             imported = import_checkpoint(options.checkpoint, options.config, options.kosmos_dir, options.preset)

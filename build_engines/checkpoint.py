@@ -55,9 +55,18 @@ class TrainingConfig:
 class ImportedPolicy:
     policy: ReferencePolicy
     config: TrainingConfig
-    checkpoint: Path
+    checkpoint: Path | None
     lora_merged: int
     filled_from_kosmos: int
+
+
+def default_training_config(head: HeadConfig, action: ActionSettings) -> TrainingConfig:
+    """The config a checkpoint-less (random-weight) policy is described by."""
+    return TrainingConfig(
+        window_size=head.window, fwd_pred_next_n=head.chunk, action_dim=head.action_dim, hidden_size=head.hidden_size,
+        lora_enable=False, lora_r=None, lora_alpha=None, action=action, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        raw={},
+    )
 
 
 def _require(data: Mapping[str, Any], path: str, source: Path) -> Any:

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local Kosmos-2 directory (HF layout) for frozen weights absent from the checkpoint and "
                           "for tokenizer.json; nothing is downloaded")
     src.add_argument("--preset", default="kosmos-2", help="backbone shapes when no --kosmos-dir: kosmos-2 | tiny")
+    src.add_argument("--random-weights", action="store_true",
+                     help="no checkpoint: random weights at --preset's shapes, to test export and latency at real "
+                          "size (the velocities mean nothing); needs --output")
     out = parser.add_argument_group("bundle")
     out.add_argument("--output", type=Path, default=None,
                      help=f"bundle directory (required with --checkpoint; demo default: {default_bundle_dir()})")
@@ -69,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from build_engines.build import DEFAULT_INSTRUCTION, BuildOptions, build_bundle
 
     hf_logging.disable_progress_bar()
-    if args.checkpoint is None:
+    if args.checkpoint is None and args.random_weights:
+        if args.output is None:
+            raise MobileVLAError("--output DIR is required with --random-weights")
+        output = args.output
+    elif args.checkpoint is None:
         if args.config is not None or args.kosmos_dir is not None:
             raise MobileVLAError("--config/--kosmos-dir need --checkpoint; without it the demo bundle is built")
         print("No --checkpoint given: building the embedded demo bundle (tiny preset, random weights written as a "
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         parity_frames=args.parity_frames,
         parity_tolerance=args.parity_tolerance,
         seed=args.seed,
+        random_weights=args.random_weights and args.checkpoint is None,
     )
     result = build_bundle(options)
     print(summary(result.report, result.bundle))

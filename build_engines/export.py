@@ -8,6 +8,7 @@ Parity against the reference (parity.py) proves the re-statement is exact.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,12 +17,13 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from build_engines.graph_passes import clean_graph, save_model
+from build_engines.graph_passes import clean_graph, has_external_data, save_model
 from build_engines.reference import ReferencePolicy
 from runtime.preprocess import Preprocessing, model_channel_indices
 from runtime.prompt import PromptSettings, image_offset
 from runtime.specs import PartSpec
 
+log = logging.getLogger("build_engines.export")
 NUMPY_TO_TORCH = {"uint8": torch.uint8, "int64": torch.int64, "float32": torch.float32}
 
 
@@ -137,6 +139,13 @@ def export_part(module: nn.Module, spec: PartSpec, path: Path) -> str | None:
             do_constant_folding=True,
             dynamo=False,
         )
-        model = onnx.load(str(raw), load_external_data=True)
-    cleaned = clean_graph(model, spec.output_names())
-    return save_model(cleaned, path)
+        # Weights past 2 GB come out in external files: keep them there while the graph is cleaned (gs passes
+        # carry un-loaded tensors through untouched), then load them once to write the bundle's single data file.
+        model = onnx.load(str(raw), load_external_data=False)
+        large = has_external_data(model)
+        if large:
+            log.info("%s: weights exceed 2 GB; constant folding by the exporter only, graph clean-up by gs", spec.name)
+        cleaned = clean_graph(model, spec.output_names(), fold=not large)
+        if large:
+            onnx.load_external_data_for_model(cleaned, tmp)
+        return save_model(cleaned, path)

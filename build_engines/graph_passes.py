@@ -37,15 +37,24 @@ def remove_identities(graph: gs.Graph) -> gs.Graph:
     return graph.cleanup().toposort()
 
 
-def clean_graph(model: onnx.ModelProto, output_names: list[str]) -> onnx.ModelProto:
-    """The standard pipeline every exported part goes through."""
-    if model.ByteSize() < TWO_GB:  # static shapes let shape subgraphs fold away
+def clean_graph(model: onnx.ModelProto, output_names: list[str], fold: bool = True) -> onnx.ModelProto:
+    """The standard pipeline every exported part goes through.
+
+    `fold=False` is for graphs whose weights stay in external files (> 2 GB): folding would need every weight in
+    memory several times over; the exporter's own constant folding has already run on them.
+    """
+    if fold:  # static shapes let shape subgraphs fold away
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     graph = gs.import_onnx(model)
     graph = keep_outputs(graph, output_names)
     graph = remove_identities(graph)
-    graph = fold_constants(graph)
+    if fold:
+        graph = fold_constants(graph)
     return gs.export_onnx(graph)  # keeps the exporter's IR version (gs records it on import)
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> str | None:
