@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, run_cli
 from runtime.paths import default_bundle_dir
 from runtime.preprocess import COLOR_ORDERS, FRAME_FORMATS, RESIZE_FILTERS, Preprocessing
 
@@ -56,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except MobileVLAError as exc:
-        print(f"build_engines: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli("build_engines", args.verbose, lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from runtime.benchmark import StageRecorder, summarize
 from runtime.bundle import Bundle, load_bundle
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, run_cli
 from runtime.paths import default_bundle_dir
 from runtime.pipeline import STAGES, OutputSettings, PolicyPipeline, StepResult, onnx_runners
 from runtime.sources import Frame, open_source
@@ -129,12 +129,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return run(args)
-    except MobileVLAError as exc:
-        print(f"runtime: error: {exc}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return run_cli("runtime", args.verbose, lambda: run(args))
