@@ -148,13 +148,18 @@ def prompt_settings(options: BuildOptions, tokenizer: Path) -> PromptSettings:
     )
 
 
-def make_manifest(imported: ImportedPolicy, options: BuildOptions, prompt: PromptSettings, pre: Preprocessing,
-                  parts: dict[str, PartEntry], stage: Path, reports: dict[str, str],
-                  source: dict[str, Any]) -> Manifest:
-    head = imported.policy.head_config
-    files = [TOKENIZER_FILE, *reports.values()]
+def content_files(parts: dict[str, PartEntry]) -> list[str]:
+    """The bundle's files other than reports and the manifest."""
+    files = [TOKENIZER_FILE]
     for entry in parts.values():
         files += [entry.onnx] + ([entry.external_data] if entry.external_data else [])
+    return files
+
+
+def make_manifest(imported: ImportedPolicy, prompt: PromptSettings, pre: Preprocessing,
+                  parts: dict[str, PartEntry], files: dict[str, str], reports: dict[str, str],
+                  source: dict[str, Any]) -> Manifest:
+    head = imported.policy.head_config
     return Manifest(
         source=source,
         policy=PolicySettings(head.variant, head.chunk, head.window, head.action_dim, head.hidden_size,
@@ -163,7 +168,7 @@ def make_manifest(imported: ImportedPolicy, options: BuildOptions, prompt: Promp
         prompt=prompt,
         action=imported.config.action,
         parts=parts,
-        files=hash_files(stage, files),
+        files=files,
         reports=reports,
         producer=f"build_engines {__version__}",
     )
@@ -216,18 +221,20 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             source["tokenizer"] = write_tokenizer(options, stage)
             prompt = prompt_settings(options, stage / TOKENIZER_FILE)
             parts = export_parts(imported.policy, pre, prompt, stage, timings)
-            write_manifest(stage, make_manifest(imported, options, prompt, pre, parts, stage, {}, source))
+            hashes = hash_files(stage, content_files(parts))  # once: the trunk alone is gigabytes at real size
+            write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, {}, source))
             parity = run_parity(imported.policy, stage, options)
             report = build_report(options, source, parity, timings, stage, parts)
             reports = write_reports(stage, report)
-            write_manifest(stage, make_manifest(imported, options, prompt, pre, parts, stage, reports, source))
+            hashes.update(hash_files(stage, list(reports.values())))
+            write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, reports, source))
             if not parity.passed:
                 raise MobileVLAError(parity_failure(parity))
     return BuildResult(options.output, parity, report)
 
 
 def run_parity(policy: ReferencePolicy, stage: Path, options: BuildOptions) -> ParityReport:
-    bundle = load_bundle(stage)
+    bundle = load_bundle(stage, verify_hashes=False)  # hashed a moment ago by this build
     manifest = bundle.manifest
     frames = [synthetic_frame(i, manifest.preprocessing) for i in range(options.parity_frames)]
     prompt_ids = PromptEncoder(bundle.path(TOKENIZER_FILE), manifest.prompt).prompt_ids(options.instruction)
