@@ -86,10 +86,15 @@ class BuildResult:
     report: dict[str, Any]
 
 
-def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
-    """The tiny preset with seeded random weights."""
+def seeded_policy(seed: int, preset: str, head: HeadConfig) -> ReferencePolicy:
+    """A preset's policy with seeded random weights."""
     torch.manual_seed(seed)
-    return ReferencePolicy(kosmos_config("tiny"), tiny_head(variant))
+    return ReferencePolicy(kosmos_config(preset), head)
+
+
+def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
+    """The tiny demo policy before its checkpoint round trip."""
+    return seeded_policy(seed, "tiny", tiny_head(variant))
 
 
 def demo_policy(options: BuildOptions, workdir: Path) -> ImportedPolicy:
@@ -106,9 +111,8 @@ def demo_policy(options: BuildOptions, workdir: Path) -> ImportedPolicy:
 def random_policy(options: BuildOptions) -> ImportedPolicy:
     """Random weights at a preset's real shapes, without a checkpoint round trip (a real-size checkpoint would
     need several copies of 6.6 GB in memory). The Mobile VLA head: velocities, LSTM hidden 512."""
-    torch.manual_seed(options.seed)
     head = tiny_head() if options.preset == "tiny" else HeadConfig()
-    policy = ReferencePolicy(kosmos_config(options.preset), head)
+    policy = seeded_policy(options.seed, options.preset, head)
     log.warning("random weights at the %s preset's shapes: for export and latency tests only", options.preset)
     return ImportedPolicy(policy, default_training_config(head, DEMO_NORMALIZATION), None, 0, 0)
 
@@ -224,12 +228,12 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             hashes = hash_files(stage, content_files(parts))  # once: the trunk alone is gigabytes at real size
             write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, {}, source))
             parity = run_parity(imported.policy, stage, options)
+            if not parity.passed:
+                raise MobileVLAError(parity_failure(parity))  # before any report: nothing of this build is kept
             report = build_report(options, source, parity, timings, stage, parts)
             reports = write_reports(stage, report)
             hashes.update(hash_files(stage, list(reports.values())))
             write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, reports, source))
-            if not parity.passed:
-                raise MobileVLAError(parity_failure(parity))
     return BuildResult(options.output, parity, report)
 
 

@@ -112,9 +112,7 @@ def example_inputs(spec: PartSpec) -> tuple[Tensor, ...]:
     """Valid dummy inputs (indices in range) for tracing."""
     values = []
     for t in spec.inputs:
-        if t.name in ("action_index", "history_len"):
-            values.append(torch.ones(t.shape, dtype=torch.int64))
-        elif t.name == "attention_mask":
+        if t.name in ("action_index", "history_len", "attention_mask"):
             values.append(torch.ones(t.shape, dtype=torch.int64))
         else:
             values.append(torch.zeros(t.shape, dtype=NUMPY_TO_TORCH[t.dtype]))

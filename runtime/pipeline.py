@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.bundle import ActionSettings, Bundle
-from runtime.prompt import PromptEncoder, TextInputs
+from runtime.prompt import PromptEncoder
 from runtime.runners import OnnxRuntimeRunner, Runner
 
 STAGES = ("vision", "trunk", "head", "total")
@@ -74,40 +74,42 @@ class PolicyPipeline:
         self.encoder = PromptEncoder(bundle.path(manifest.prompt.tokenizer_file), manifest.prompt)
         self.window = manifest.policy.window
         self._history = np.zeros((1, self.window, manifest.policy.text_dim), dtype=np.float32)
-        self._count = 0
-        self._history_len = np.zeros((1,), dtype=np.int64)
+        self._history_len = np.zeros((1,), dtype=np.int64)  # frames in the window: the head's input, kept in place
+        # Feeds built once and updated in place: the head's arrays never move, the trunk's text side changes only
+        # with the instruction, and each frame only swaps in its image embeds.
+        self._head_feed: dict[str, np.ndarray] = {"features": self._history, "history_len": self._history_len}
+        self._trunk_feed: dict[str, np.ndarray] = {}
         self.instruction = ""
-        self._text: TextInputs | None = None
         self.set_instruction(instruction or manifest.prompt.default_instruction)
 
     def set_instruction(self, instruction: str) -> None:
         """Tokenize once; every later frame reuses the arrays."""
-        self._text = self.encoder.encode(instruction)
+        self._trunk_feed = self.encoder.encode(instruction).feed()
         self.instruction = instruction
 
     def reset(self) -> None:
         """Forget the history (a new episode starts from zero LSTM state)."""
-        self._count = 0
+        self._history_len[0] = 0
         self._history[...] = 0.0
 
     def _push_feature(self, feature: np.ndarray) -> None:
-        if self._count < self.window:
-            self._history[0, self._count] = feature[0]
-            self._count += 1
+        count = int(self._history_len[0])
+        if count < self.window:
+            self._history[0, count] = feature[0]
+            self._history_len[0] = count + 1
         else:
             self._history[0, :-1] = self._history[0, 1:]
             self._history[0, -1] = feature[0]
-        self._history_len[0] = self._count
 
     def step(self, frame: np.ndarray) -> StepResult:
-        assert self._text is not None
         t0 = time.perf_counter()
         embeds = self.runners["vision"].infer({"frame": frame[None]})["image_embeds"]
         t1 = time.perf_counter()
-        feature = self.runners["trunk"].infer({"image_embeds": embeds, **self._text.feed()})["action_feature"]
+        self._trunk_feed["image_embeds"] = embeds
+        feature = self.runners["trunk"].infer(self._trunk_feed)["action_feature"]
         t2 = time.perf_counter()
         self._push_feature(feature)
-        head = self.runners["head"].infer({"features": self._history, "history_len": self._history_len})
+        head = self.runners["head"].infer(self._head_feed)
         t3 = time.perf_counter()
         raw = head["actions"][0]
         gripper = head.get("gripper_logits")
@@ -115,7 +117,7 @@ class PolicyPipeline:
             chunk=denormalize(raw, self.action, self.output),
             raw_chunk=raw,
             gripper_prob=None if gripper is None else 1.0 / (1.0 + np.exp(-gripper[0])),
-            history_len=self._count,
+            history_len=int(self._history_len[0]),
             timings_ms={
                 "vision": (t1 - t0) * 1e3,
                 "trunk": (t2 - t1) * 1e3,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,12 @@ def edit_config(path: Path, target: Path, **changes: object) -> Path:
     return target
 
 
-def save_state(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    torch.save({"state_dict": state}, path)
-    return path
+def edited_checkpoint(source: Path, target: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> Path:
+    """A copy of the written checkpoint's state dict with `edit` applied, saved to `target`."""
+    state = torch.load(source, weights_only=True)["state_dict"]
+    edit(state)
+    torch.save({"state_dict": state}, target)
+    return target
 
 
 def test_import_merges_lora_and_reproduces_the_policy(written: tuple[ReferencePolicy, Path, Path]) -> None:
@@ -134,11 +138,11 @@ def test_pickled_code_is_refused(tmp_path: Path, written: tuple[ReferencePolicy,
 
 def test_missing_keys_are_listed_with_count(tmp_path: Path, written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, ckpt, config = written
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    dropped = [k for k in state if "vision_model.model.encoder.layers.1.layer_norm" in k]
-    for key in dropped:
-        del state[key]
-    path = save_state(tmp_path / "m.ckpt", state)
+    def drop_layer_norm(state: dict[str, torch.Tensor]) -> None:
+        for key in [k for k in state if "vision_model.model.encoder.layers.1.layer_norm" in k]:
+            del state[key]
+
+    path = edited_checkpoint(ckpt, tmp_path / "m.ckpt", drop_layer_norm)
     with pytest.raises(MobileVLAError, match=r"missing keys the policy needs: \d+ \(first: model\.backbone\.vision_"
                                              r".*pass --kosmos-dir"):
         import_checkpoint(path, config, preset="tiny")
@@ -146,19 +150,16 @@ def test_missing_keys_are_listed_with_count(tmp_path: Path, written: tuple[Refer
 
 def test_unexpected_keys_are_listed(tmp_path: Path, written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, ckpt, config = written
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    state["model.vision_resampler.latents"] = torch.zeros(3)
-    state["model.act_head.extra.weight"] = torch.zeros(3)
-    path = save_state(tmp_path / "u.ckpt", state)
+    extra = {"model.vision_resampler.latents": torch.zeros(3), "model.act_head.extra.weight": torch.zeros(3)}
+    path = edited_checkpoint(ckpt, tmp_path / "u.ckpt", lambda state: state.update(extra))
     with pytest.raises(MobileVLAError, match=r"keys this policy does not have: 2 \(first: model\.act_head\.extra"):
         import_checkpoint(path, config, preset="tiny")
 
 
 def test_mis_shaped_keys_name_the_shapes(tmp_path: Path, written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, ckpt, config = written
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    state["model.action_token"] = torch.zeros(32)
-    path = save_state(tmp_path / "s.ckpt", state)
+    short_token = {"model.action_token": torch.zeros(32)}
+    path = edited_checkpoint(ckpt, tmp_path / "s.ckpt", lambda state: state.update(short_token))
     with pytest.raises(MobileVLAError, match=r"mis-shaped tensors: 1 \(first: model\.action_token \[32\] "
                                              r"\(expected \[64\]\)"):
         import_checkpoint(path, config, preset="tiny")
@@ -166,10 +167,11 @@ def test_mis_shaped_keys_name_the_shapes(tmp_path: Path, written: tuple[Referenc
 
 def test_lora_with_inconsistent_rank(tmp_path: Path, written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, ckpt, config = written
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    key = next(k for k in state if k.endswith("q_proj.lora_B.default.weight"))
-    state[key] = torch.zeros(state[key].shape[0], 3)
-    path = save_state(tmp_path / "r.ckpt", state)
+    def rank_three(state: dict[str, torch.Tensor]) -> None:
+        key = next(k for k in state if k.endswith("q_proj.lora_B.default.weight"))
+        state[key] = torch.zeros(state[key].shape[0], 3)
+
+    path = edited_checkpoint(ckpt, tmp_path / "r.ckpt", rank_three)
     with pytest.raises(MobileVLAError, match=r"inconsistent LoRA rank at .*q_proj: "
                                              r"lora_A \[4, \d+\], lora_B \[\d+, 3\]"):
         import_checkpoint(path, config, preset="tiny")
@@ -180,10 +182,14 @@ def test_lora_with_inconsistent_rank(tmp_path: Path, written: tuple[ReferencePol
 
 def test_lora_without_its_base(tmp_path: Path, written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, ckpt, config = written
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    key = next(k for k in state if k.endswith("fc1.base_layer.weight"))
-    del state[key]
-    path = save_state(tmp_path / "b.ckpt", state)
+    removed: list[str] = []
+
+    def drop_base(state: dict[str, torch.Tensor]) -> None:
+        removed.append(next(k for k in state if k.endswith("fc1.base_layer.weight")))
+        del state[removed[0]]
+
+    path = edited_checkpoint(ckpt, tmp_path / "b.ckpt", drop_base)
+    key = removed[0]
     module = key[len(PEFT_BACKBONE):].split(".base_layer")[0]
     with pytest.raises(MobileVLAError, match=rf"LoRA tensors for model\.backbone\.{module} have no base weight"):
         import_checkpoint(path, config, preset="tiny")
