@@ -22,10 +22,15 @@ from build_engines.checkpoint import (
     write_training_config,
 )
 from build_engines.export import export_modules, export_part
+from build_engines.fit import FitReport, FitSettings, demo_init, fit_head
+from build_engines.int8 import GateSettings, Int8Options, Int8Result, accuracy_markdown, quantize_bundle
 from build_engines.parity import ParityReport, check_parity
 from build_engines.presets import NUM_IMAGE_TOKENS, PRESETS, TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
 from build_engines.reference import ReferencePolicy
+from build_engines.quantize import QuantSettings
 from build_engines.tokenizer_gen import write_tiny_tokenizer
+from calibration.sampling import SampleSettings, split_episodes
+from calibration.synthetic import SyntheticSpec, generate_episodes
 from runtime import __version__
 from runtime.bundle import (
     ActionSettings,
@@ -38,8 +43,10 @@ from runtime.bundle import (
     staged_bundle_dir,
     write_manifest,
 )
+from runtime.episodes import H5_SUFFIXES, scan_episodes
 from runtime.errors import MobileVLAError
-from runtime.preprocess import Preprocessing, check_choice
+from runtime.paths import default_episodes_dir
+from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice
 from runtime.prompt import LAYOUTS, PROMPT_TEMPLATE, PromptEncoder, PromptSettings
 from runtime.sources import synthetic_frame
 from runtime.specs import PART_NAMES, PartDims, part_specs
@@ -67,9 +74,24 @@ class BuildOptions:
     seed: int = 0
     demo_head_variant: str = "velocities"
     random_weights: bool = False  # no checkpoint: random weights at the preset's shapes (export/latency tests)
+    episodes: Path | None = None  # the robot's HDF5 episodes: --int8 calibrates on them, the demo fits on them
+    episode_color: str = "bgr"  # channel order of the stored images (the recorder writes bgr8)
+    int8: bool = False
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    fit: FitSettings = field(default_factory=FitSettings)
+
+    @property
+    def is_demo(self) -> bool:
+        return self.checkpoint is None and not self.random_weights
 
     def validate(self) -> None:
         check_choice("layout", self.layout, LAYOUTS)
+        check_choice("episode colour order", self.episode_color, COLOR_ORDERS)
+        self.sample.validate()
+        self.quant.validate()
+        self.gate.validate()
         check_choice("preset", self.preset, PRESETS)
         if (self.checkpoint is None) != (self.config is None):
             raise MobileVLAError("--checkpoint and --config go together: pass both (or neither for the demo bundle)")
@@ -84,6 +106,7 @@ class BuildResult:
     bundle: Path
     parity: ParityReport
     report: dict[str, Any]
+    int8: Int8Result | None = None
 
 
 def seeded_policy(seed: int, preset: str, head: HeadConfig) -> ReferencePolicy:
@@ -97,15 +120,51 @@ def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
     return seeded_policy(seed, "tiny", tiny_head(variant))
 
 
-def demo_policy(options: BuildOptions, workdir: Path) -> ImportedPolicy:
-    """The embedded default: a seeded tiny policy written as a RoboVLMs checkpoint, then imported for real."""
+def demo_episodes(options: BuildOptions) -> Path:
+    """The demo's episodes: `--calibration-data`, else synthetic ones in the cache (generated on first use)."""
+    directory = options.episodes or default_episodes_dir()
+    if not (directory.is_dir() and any(p.suffix in H5_SUFFIXES for p in directory.iterdir())):
+        spec = SyntheticSpec(episodes_per_scenario=8, seed=options.seed)
+        log.info("generating %d synthetic episodes in %s", spec.episodes_per_scenario * len(spec.scenarios),
+                 directory)
+        generate_episodes(directory, spec)
+    return directory
+
+
+def demo_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, FitReport]:
+    """The embedded default: a seeded tiny policy fitted briefly to the demo episodes' calibration pool (never to
+    the held-out ones), written as a RoboVLMs checkpoint, then imported for real."""
     policy = demo_reference_policy(options.seed, options.demo_head_variant)
+    demo_init(policy)
+    head = policy.head_config
+    data = demo_episodes(options)
+    scan = scan_episodes(data, require_actions=True, action_dim=head.action_dim, min_frames=head.window)
+    pool = split_episodes(scan.episodes, options.sample).pool
+    tokenizer = workdir / TOKENIZER_FILE
+    write_tiny_tokenizer(tokenizer, vocab_size=TINY_VOCAB)
+    encoder = PromptEncoder(tokenizer, prompt_settings(options, tokenizer))
+    fit = fit_head(policy, pool, options.episode_color, options.preprocessing, encoder, options.instruction,
+                   DEMO_NORMALIZATION, options.fit)
     checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
     write_robovlms_checkpoint(policy, checkpoint, seed=options.seed)
-    write_training_config(config, policy.head_config, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
+    write_training_config(config, head, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
     log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", checkpoint.name,
              config.name)
-    return import_checkpoint(checkpoint, config, preset="tiny")
+    return import_checkpoint(checkpoint, config, preset="tiny"), fit
+
+
+def calibration_data(options: BuildOptions, imported: ImportedPolicy) -> Path:
+    if options.episodes is not None:
+        return options.episodes
+    if options.is_demo:
+        return demo_episodes(options)
+    if imported.config.data_dir is not None:
+        log.info("calibration data from the training config's train_dataset.data_dir: %s", imported.config.data_dir)
+        return imported.config.data_dir
+    raise MobileVLAError(
+        "--int8 needs the robot's HDF5 episodes to calibrate on: pass --calibration-data DIR, or set "
+        "train_dataset.data_dir in the training config"
+    )
 
 
 def random_policy(options: BuildOptions) -> ImportedPolicy:
@@ -156,7 +215,7 @@ def content_files(parts: dict[str, PartEntry]) -> list[str]:
     """The bundle's files other than reports and the manifest."""
     files = [TOKENIZER_FILE]
     for entry in parts.values():
-        files += [entry.onnx] + ([entry.external_data] if entry.external_data else [])
+        files += entry.files()
     return files
 
 
@@ -205,8 +264,9 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             source: dict[str, Any] = {"checkpoint": f"random weights ({options.preset} preset)", "seed": options.seed}
         elif options.checkpoint is None:
             options = replace(options, preset="tiny")
-            imported = demo_policy(options, Path(tmp))
-            source = {"checkpoint": "embedded demo (tiny preset)", "seed": options.seed}
+            imported, fit = demo_policy(options, Path(tmp))
+            source = {"checkpoint": "embedded demo (tiny preset, fitted to synthetic episodes)", "seed": options.seed,
+                      "fit": fit.to_dict()}
         else:
             assert options.config is not None
             imported = import_checkpoint(options.checkpoint, options.config, options.kosmos_dir, options.preset)
@@ -230,11 +290,21 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             parity = run_parity(imported.policy, stage, options)
             if not parity.passed:
                 raise MobileVLAError(parity_failure(parity))  # before any report: nothing of this build is kept
+            int8 = None
+            if options.int8:
+                data = calibration_data(options, imported)
+                int8 = quantize_bundle(load_bundle(stage, verify_hashes=False),
+                                       Int8Options(data, options.episode_color, options.sample, options.quant,
+                                                   options.gate))
+                parts = int8.parts
+                timings["int8_s"] = int8.report["seconds"]
+                hashes.update(hash_files(stage, [f for f in content_files(parts) if f not in hashes]))
             report = build_report(options, source, parity, timings, stage, parts)
-            reports = write_reports(stage, report)
+            reports = write_reports(stage, report, int8)
             hashes.update(hash_files(stage, list(reports.values())))
-            write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, reports, source))
-    return BuildResult(options.output, parity, report)
+            manifest = make_manifest(imported, prompt, pre, parts, hashes, reports, source)
+            write_manifest(stage, replace(manifest, warnings=tuple(int8.warnings) if int8 else ()))
+    return BuildResult(options.output, parity, report, int8)
 
 
 def run_parity(policy: ReferencePolicy, stage: Path, options: BuildOptions) -> ParityReport:
@@ -257,14 +327,17 @@ def parity_failure(parity: ParityReport) -> str:
               "report it with the build log")
 
 
+def file_size(stage: Path, *names: str | None) -> int:
+    return sum((stage / name).stat().st_size for name in names if name)
+
+
 def build_report(options: BuildOptions, source: dict[str, Any], parity: ParityReport, timings: dict[str, float],
                  stage: Path, parts: dict[str, PartEntry]) -> dict[str, Any]:
     sizes = {}
     for name, entry in parts.items():
-        size = (stage / entry.onnx).stat().st_size
-        if entry.external_data:
-            size += (stage / entry.external_data).stat().st_size
-        sizes[name] = size
+        sizes[name] = file_size(stage, entry.onnx, entry.external_data)
+        if entry.int8_onnx:
+            sizes[f"{name}.int8"] = file_size(stage, entry.int8_onnx, entry.int8_external_data)
     return {
         "source": source,
         "layout": options.layout,
@@ -299,7 +372,12 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_reports(stage: Path, report: dict[str, Any]) -> dict[str, str]:
+def write_reports(stage: Path, report: dict[str, Any], int8: Int8Result | None) -> dict[str, str]:
     (stage / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (stage / "build_report.md").write_text(report_markdown(report))
-    return {"build": "build_report.json", "build_readable": "build_report.md"}
+    reports = {"build": "build_report.json", "build_readable": "build_report.md"}
+    if int8 is not None:
+        (stage / "accuracy_report.json").write_text(json.dumps(int8.report, indent=2) + "\n")
+        (stage / "accuracy_report.md").write_text(accuracy_markdown(int8.report))
+        reports.update({"accuracy": "accuracy_report.json", "accuracy_readable": "accuracy_report.md"})
+    return reports

@@ -50,6 +50,13 @@ class TrainingConfig:
     image_std: tuple[float, float, float]
     raw: dict[str, Any]
 
+    @property
+    def data_dir(self) -> Path | None:
+        """The training episodes (`train_dataset.data_dir`): the default calibration data for `--int8`."""
+        dataset = self.raw.get("train_dataset")
+        value = dataset.get("data_dir") if isinstance(dataset, dict) else None
+        return Path(value) if value else None
+
 
 @dataclass
 class ImportedPolicy:

@@ -79,15 +79,18 @@ class TrunkExport(nn.Module):
         embeds = self.text.embed_tokens(input_ids)
         end = self.offset + self.num_image
         embeds = torch.cat([embeds[:, : self.offset], image_embeds, embeds[:, end:]], dim=1)
-        is_action = torch.eq(self.sequence, action_index).view(1, -1, 1)
+        # Written for any batch (the demo fit trains through this module); exported at batch 1.
+        is_action = torch.eq(self.sequence.view(1, -1), action_index.view(-1, 1)).unsqueeze(-1)
         embeds = torch.where(is_action, self.action_token.view(1, 1, -1), embeds)
         hidden = embeds * self.scale + self.positions
-        allowed = self.causal.view(1, 1, *self.causal.shape) & attention_mask.bool().view(1, 1, 1, -1)
+        allowed = self.causal.view(1, 1, *self.causal.shape) & attention_mask.bool()[:, None, None, :]
         mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
         for layer in self.text.layers:
             hidden = layer(hidden, attention_mask=mask)
         hidden = self.text.layer_norm(hidden)
-        return hidden.index_select(1, action_index).reshape(1, -1)
+        if hidden.shape[0] == 1:  # the exported graph: one Gather
+            return hidden.index_select(1, action_index).reshape(1, -1)
+        return hidden[torch.arange(hidden.shape[0]), action_index]
 
 
 class HeadExport(nn.Module):

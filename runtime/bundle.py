@@ -91,22 +91,50 @@ class ActionSettings:
         )
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 @dataclass(frozen=True)
 class PartEntry:
+    """One part: its spec, FP32 ONNX, optional Q/DQ INT8 ONNX, the precision chosen for it, and built engines.
+
+    `precision` is what the part runs at on the device: `int8` (the Q/DQ ONNX passed the accuracy gate), `fp16`
+    (no INT8 asked for, or the Q/DQ part failed the gate and fell back; see the manifest's warnings).
+    """
+
     spec: PartSpec
     onnx: str
     external_data: str | None = None
-    engines: dict[str, Any] = field(default_factory=dict)  # precision -> {file, tensorrt, device, ...} (issue 3)
+    int8_onnx: str | None = None
+    int8_external_data: str | None = None
+    precision: str = "fp16"
+    engines: dict[str, Any] = field(default_factory=dict)  # precision -> {file, tensorrt, device, sha256, ...}
+
+    def files(self) -> list[str]:
+        names = [self.onnx, self.external_data, self.int8_onnx, self.int8_external_data]
+        return [name for name in names if name is not None]
+
+    def onnx_for(self, precision: str) -> str:
+        """The ONNX file ONNX Runtime runs for `precision`: the Q/DQ graph for int8 parts, else the FP32 graph."""
+        return self.int8_onnx if precision == "int8" and self.precision == "int8" and self.int8_onnx else self.onnx
 
     def to_dict(self) -> dict[str, Any]:
-        return {"onnx": self.onnx, "external_data": self.external_data, "engines": self.engines, **self.spec.to_dict()}
+        return {"onnx": self.onnx, "external_data": self.external_data, "int8_onnx": self.int8_onnx,
+                "int8_external_data": self.int8_external_data, "precision": self.precision,
+                "engines": self.engines, **self.spec.to_dict()}
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> PartEntry:
+        precision = str(data.get("precision", "fp16"))
+        if precision not in PRECISIONS:
+            raise ValueError(f"part {name} precision {precision!r} is not one of {PRECISIONS}")
         return cls(
             spec=PartSpec.from_dict(name, data),
             onnx=str(data["onnx"]),
             external_data=data.get("external_data"),
+            int8_onnx=data.get("int8_onnx"),
+            int8_external_data=data.get("int8_external_data"),
+            precision=precision,
             engines=dict(data.get("engines", {})),
         )
 
@@ -122,7 +150,12 @@ class Manifest:
     files: dict[str, str]  # relative path -> sha256
     reports: dict[str, str]
     producer: str
+    warnings: tuple[str, ...] = ()  # e.g. a part that failed the INT8 gate and fell back to FP16
     format_version: int = FORMAT_VERSION
+
+    @property
+    def has_int8(self) -> bool:
+        return any(entry.precision == "int8" for entry in self.parts.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +169,7 @@ class Manifest:
             "parts": {name: entry.to_dict() for name, entry in self.parts.items()},
             "files": self.files,
             "reports": self.reports,
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -151,6 +185,7 @@ class Manifest:
             parts={name: PartEntry.from_dict(name, data["parts"][name]) for name in PART_NAMES},
             files={str(k): str(v) for k, v in data["files"].items()},
             reports={str(k): str(v) for k, v in data.get("reports", {}).items()},
+            warnings=tuple(str(w) for w in data.get("warnings", [])),
         )
 
 
@@ -162,8 +197,8 @@ class Bundle:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def part_path(self, name: str) -> Path:
-        return self.root / self.manifest.parts[name].onnx
+    def part_path(self, name: str, precision: str = "fp32") -> Path:
+        return self.root / self.manifest.parts[name].onnx_for(precision)
 
 
 def sha256_file(path: Path) -> str:
@@ -215,8 +250,8 @@ def load_bundle(root: Path, verify_hashes: bool = True) -> Bundle:
 def check_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:
     listed = set(manifest.files)
     for entry in manifest.parts.values():
-        for needed in (entry.onnx, entry.external_data):
-            if needed is not None and needed not in listed:
+        for needed in entry.files():
+            if needed not in listed:
                 raise MobileVLAError(f"bundle {root}: manifest lists part file {needed} without a sha256; rebuild")
     for relative, expected in sorted(manifest.files.items()):
         path = root / relative

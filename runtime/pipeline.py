@@ -49,9 +49,10 @@ def denormalize(raw: np.ndarray, action: ActionSettings, output: OutputSettings)
     return values.astype(np.float32, copy=False)
 
 
-def onnx_runners(bundle: Bundle, threads: int = 0) -> dict[str, Runner]:
+def onnx_runners(bundle: Bundle, threads: int = 0, precision: str = "fp32") -> dict[str, Runner]:
+    """ONNX Runtime runners; `int8` runs the Q/DQ graph of each part whose precision is int8, FP32 elsewhere."""
     return {
-        name: OnnxRuntimeRunner(bundle.part_path(name), entry.spec, threads=threads)
+        name: OnnxRuntimeRunner(bundle.part_path(name, precision), entry.spec, threads=threads)
         for name, entry in bundle.manifest.parts.items()
     }
 

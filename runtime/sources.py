@@ -10,14 +10,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from runtime.errors import MobileVLAError
-from runtime.preprocess import COLOR_ORDERS, Preprocessing, prepare_frame
-
-H5_SUFFIXES = (".h5", ".hdf5")
+from runtime.episodes import iter_episode_frames, scan_episodes
+from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice, prepare_frame
 
 
 @dataclass
@@ -54,63 +52,28 @@ def synthetic_source(pre: Preprocessing, frames: int | None) -> Iterator[Frame]:
         index += 1
 
 
-def episode_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in H5_SUFFIXES)
-        if not files:
-            raise MobileVLAError(f"{path} holds no .h5/.hdf5 episode files; point h5: at an episode or a directory")
-        return files
-    raise MobileVLAError(f"episode path {path} does not exist; expected h5:FILE.h5 or h5:DIRECTORY")
-
-
-def read_instruction(h5file: Any) -> str | None:
-    if "language_instruction" in h5file:
-        value = h5file["language_instruction"][()]
-    elif "language_instruction" in h5file.attrs:
-        value = h5file.attrs["language_instruction"]
-    else:
-        return None
-    if isinstance(value, np.ndarray):
-        value = value.flat[0]
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def h5_source(path: Path, pre: Preprocessing, color: str, frames: int | None) -> Iterator[Frame]:
-    """Replay episodes frame by frame (lazily: a 720p episode is ~50 MB) through the one preprocessing path."""
-    try:
-        import h5py
-    except ImportError as exc:
-        raise MobileVLAError("h5: sources need h5py; install it with `pip install h5py`") from exc
-    if color not in COLOR_ORDERS:
-        raise MobileVLAError(f"unknown episode colour order {color!r}; expected one of {COLOR_ORDERS}")
+def h5_source(path: Path, pre: Preprocessing, color: str, frames: int | None,
+              require_actions: bool = False, action_dim: int = 2) -> Iterator[Frame]:
+    """Replay episodes frame by frame (lazily) through the one preprocessing path; bad episodes are skipped."""
+    check_choice("episode colour order", color, COLOR_ORDERS)
+    scan = scan_episodes(path, require_actions, action_dim)
     emitted = 0
-    for file in episode_files(path):
-        try:
-            handle = h5py.File(file, "r")
-        except OSError as exc:
-            raise MobileVLAError(f"{file} is not a readable HDF5 episode ({exc})") from exc
-        with handle:
-            if "images" not in handle:
-                raise MobileVLAError(f"{file} has no `images` dataset; expected (N, H, W, 3) uint8 frames")
-            images = handle["images"]
-            actions = handle["actions"] if "actions" in handle else None
-            name = str(handle.attrs.get("episode_name", file.stem))
-            instruction = read_instruction(handle)
-            for i in range(images.shape[0]):
-                if frames is not None and emitted >= frames:
-                    return
-                action = None if actions is None or i >= actions.shape[0] else np.asarray(actions[i])
-                pixels = prepare_frame(np.asarray(images[i]), color, pre)
-                yield Frame(i, time.time(), pixels, name, i == 0, instruction, action)
-                emitted += 1
+    for info in scan.episodes:
+        for item in iter_episode_frames(info, color, pre, action_dim):
+            if frames is not None and emitted >= frames:
+                return
+            yield Frame(item.index, time.time(), item.pixels, info.name, item.index == 0, info.instruction,
+                        item.action)
+            emitted += 1
 
 
-def open_source(spec: str, pre: Preprocessing, frames: int | None, h5_color: str = "bgr") -> Iterator[Frame]:
+def open_source(spec: str, pre: Preprocessing, frames: int | None, h5_color: str = "bgr",
+                require_actions: bool = False, action_dim: int = 2) -> Iterator[Frame]:
     """`synthetic` or `h5:PATH`; `frames` caps the count (None: until the source ends)."""
     if spec == "synthetic":
+        if require_actions:
+            raise MobileVLAError("the synthetic source has no recorded actions to score against; use --source h5:DIR")
         return synthetic_source(pre, frames)
     if spec.startswith("h5:"):
-        return h5_source(Path(spec[3:]), pre, h5_color, frames)
+        return h5_source(Path(spec[3:]), pre, h5_color, frames, require_actions, action_dim)
     raise MobileVLAError(f"unknown source {spec!r}; expected `synthetic` or `h5:PATH`")

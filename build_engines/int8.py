@@ -1,0 +1,348 @@
+"""`build_engines --int8`: cascade calibration on the robot's episodes, Q/DQ parts, and the accuracy gate.
+
+Order: vision, trunk, head. Each part is calibrated on its upstream as deployed (cascade.py), quantized
+(quantize.py), and gated at once on held-out frames (per-part cosine against FP32, each part fed the same FP32
+inputs so errors do not compound). Then the end-to-end gate runs held-out episodes through the real runtime
+pipeline twice, FP32 and as deployed, and compares chunk[0] (MAE, max, sign agreement). A part that fails falls
+back to FP16 with a warning in the manifest (`--on-gate-failure fallback`), or the build stops (`stop`); when the
+end-to-end gate fails, the INT8 part with the lowest cosine falls back first, until the gate passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from build_engines.quantize import QuantSettings, quantize_part
+from calibration.cascade import (
+    EpisodeFrames,
+    Feed,
+    TextFeeds,
+    head_feeds,
+    load_frames,
+    trunk_feeds,
+    vision_feeds,
+)
+from calibration.sampling import FrameRef, SampleSettings, sample_frames, split_episodes
+from runtime.bundle import Bundle, PartEntry
+from runtime.episodes import DatasetScan, EpisodeInfo, iter_episode_frames, scan_episodes
+from runtime.errors import MobileVLAError
+from runtime.pipeline import PolicyPipeline
+from runtime.preprocess import COLOR_ORDERS, check_choice
+from runtime.prompt import PromptEncoder
+from runtime.runners import OnnxRuntimeRunner, Runner
+from runtime.scoring import DEFAULT_DEAD_BAND, Scores, score
+from runtime.specs import PART_NAMES
+
+log = logging.getLogger("build_engines.int8")
+T = TypeVar("T")
+GATE_FAILURE_ACTIONS = ("fallback", "stop")
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """A progress bar on an interactive stderr; silent in logs and CI."""
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=description, total=total, disable=None, leave=False, unit="it")
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    mae: float = 0.02  # chunk[0] mean abs error vs FP32, velocity units
+    sign_agreement: float = 0.98
+    cosine: float = 0.99  # per part, mean over held-out samples
+    on_failure: str = "fallback"
+    dead_band: float = DEFAULT_DEAD_BAND  # |v| at or below this counts as no motion when comparing signs
+    part_frames: int = 64  # held-out frames for the per-part cosine
+
+    def validate(self) -> None:
+        check_choice("--on-gate-failure", self.on_failure, GATE_FAILURE_ACTIONS)
+        if not (self.mae > 0 and 0 < self.sign_agreement <= 1 and 0 < self.cosine <= 1 and self.part_frames > 0):
+            raise MobileVLAError(
+                f"gate thresholds out of range: mae {self.mae} (> 0), sign agreement {self.sign_agreement} and "
+                f"cosine {self.cosine} (in (0, 1]), part frames {self.part_frames} (> 0)"
+            )
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    data: Path
+    color: str = "bgr"  # channel order of the episodes' stored images (the recorder writes bgr8)
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+
+    def validate(self) -> None:
+        check_choice("episode colour order", self.color, COLOR_ORDERS)
+        self.sample.validate()
+        self.quant.validate()
+        self.gate.validate()
+
+
+@dataclass
+class PartGate:
+    cosine_mean: float
+    cosine_min: float
+    samples: int
+    passed: bool
+
+
+@dataclass
+class Int8Result:
+    parts: dict[str, PartEntry]
+    warnings: list[str]
+    report: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["gate"]["end_to_end"]["passed"])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    denom = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / denom) if denom > 0 else 1.0
+
+
+def part_gate(fp32: Runner, int8: Runner, feeds: Sequence[Feed], threshold: float) -> PartGate:
+    values = []
+    for feed in feeds:
+        want, got = fp32.infer(feed), int8.infer(feed)
+        values += [cosine(got[name], want[name]) for name in want]
+    mean = float(np.mean(values))
+    return PartGate(mean, float(np.min(values)), len(feeds), mean >= threshold)
+
+
+def chunk0_episodes(bundle: Bundle, runners: Mapping[str, Runner], episodes: Sequence[EpisodeInfo], color: str,
+                    description: str) -> np.ndarray:
+    """chunk[0] of every frame of `episodes` through the runtime pipeline, history reset per episode."""
+    manifest = bundle.manifest
+    pipeline = PolicyPipeline(bundle, runners)
+    values = []
+    for info in progress(episodes, description):
+        pipeline.reset()
+        pipeline.set_instruction(info.instruction or manifest.prompt.default_instruction)
+        for item in iter_episode_frames(info, color, manifest.preprocessing, manifest.policy.action_dim):
+            values.append(pipeline.step(item.pixels).velocity.copy())
+    return np.stack(values)
+
+
+def gate_refs(held_out: Sequence[EpisodeInfo], frames: int, seed: int) -> list[FrameRef]:
+    """Up to `frames` held-out frames, spread over the held-out episodes like the calibration sample."""
+    total = sum(e.num_frames for e in held_out)
+    return sample_frames(tuple(held_out), SampleSettings(frames=min(frames, total), seed=seed + 7))
+
+
+def scan_dataset(options: Int8Options, window: int) -> DatasetScan:
+    log.info("calibration data: %s", options.data)
+    scan = scan_episodes(options.data, require_actions=False, min_frames=window)
+    if scan.skipped:
+        log.warning("%d episode(s) skipped, %d usable", len(scan.skipped), len(scan.episodes))
+    return scan
+
+
+class Quantizer:
+    """Runs the cascade over the three parts of a staged bundle."""
+
+    def __init__(self, bundle: Bundle, options: Int8Options, stack: ExitStack) -> None:
+        self.bundle, self.options, self.stack = bundle, options, stack
+        manifest = bundle.manifest
+        self.window = manifest.policy.window
+        self.encoder = PromptEncoder(bundle.path(manifest.prompt.tokenizer_file), manifest.prompt)
+        self.text = TextFeeds(self.encoder, manifest.prompt.default_instruction)
+        self.fp32: dict[str, Runner] = {name: self.activate(name, bundle.part_path(name)) for name in PART_NAMES}
+        self.int8: dict[str, Runner] = {}
+        self.deployed: dict[str, Runner] = {}
+
+    def activate(self, name: str, path: Path) -> Runner:
+        runner = OnnxRuntimeRunner(path, self.bundle.manifest.parts[name].spec)
+        self.stack.enter_context(runner)
+        return runner
+
+    def calibration_feeds(self, name: str, refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames],
+                          upstream: Mapping[str, Runner]) -> list[Feed]:
+        if name == "vision":
+            return vision_feeds(refs, frames)
+        if name == "trunk":
+            return trunk_feeds(refs, frames, upstream["vision"], self.text)
+        return head_feeds(refs, frames, upstream["vision"], upstream["trunk"], self.text, self.window)
+
+    def quantize(self, name: str, refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames]) -> dict[str, Any]:
+        entry = self.bundle.manifest.parts[name]
+        started = time.perf_counter()
+        feeds = self.calibration_feeds(name, refs, frames, self.deployed)
+        collected = time.perf_counter() - started
+        target = self.bundle.root / f"{name}.int8.onnx"
+        summary = quantize_part(self.bundle.part_path(name), target, feeds, self.options.quant,
+                                external_data=entry.external_data is not None)
+        self.int8[name] = self.activate(name, target)
+        return {"calibration_samples": len(feeds), "collect_s": round(collected, 2),
+                "quantize_s": round(time.perf_counter() - started - collected, 2), "qdq": summary.to_dict()}
+
+
+def external_file(root: Path, onnx_name: str) -> str | None:
+    data = root / f"{onnx_name}.data"
+    return data.name if data.is_file() else None
+
+
+def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
+    """Write `<part>.int8.onnx` beside each FP32 part of a staged bundle and gate them; returns updated entries."""
+    options.validate()
+    started = time.perf_counter()
+    manifest = bundle.manifest
+    window = manifest.policy.window
+    scan = scan_dataset(options, window)
+    split = split_episodes(scan.episodes, options.sample)
+    refs = sample_frames(split.pool, options.sample)
+    held_refs = gate_refs(split.held_out, options.gate.part_frames, options.sample.seed)
+    calib_frames = load_frames(progress(refs, "reading calibration frames"), options.color, manifest.preprocessing,
+                               window)
+    held_frames = load_frames(held_refs, options.color, manifest.preprocessing, window)
+    gates: dict[str, PartGate] = {}
+    quantization: dict[str, Any] = {}
+    warnings: list[str] = []
+    with ExitStack() as stack:
+        q = Quantizer(bundle, options, stack)
+        for name in progress(PART_NAMES, "quantizing parts"):
+            quantization[name] = q.quantize(name, refs, calib_frames)
+            gate_feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)
+            gates[name] = part_gate(q.fp32[name], q.int8[name], gate_feeds, options.gate.cosine)
+            log.info("%s INT8: cosine mean %.5f min %.5f over %d held-out samples: %s", name,
+                     gates[name].cosine_mean, gates[name].cosine_min, gates[name].samples,
+                     "passed" if gates[name].passed else "FAILED")
+            if not gates[name].passed:
+                warnings.append(gate_failure(name, gates[name], options.gate))
+            q.deployed[name] = q.int8[name] if gates[name].passed else q.fp32[name]
+        reference = chunk0_episodes(bundle, q.fp32, split.held_out, options.color, "gate: FP32 episodes")
+        end_to_end, fallbacks = end_to_end_gate(bundle, q, gates, reference, split.held_out, options)
+        if not end_to_end["passed"]:
+            warnings.append(
+                f"INT8 end-to-end gate failed: chunk[0] MAE {end_to_end['mae']:.4f} (limit {options.gate.mae}), "
+                f"sign agreement {end_to_end['sign_agreement']:.1%} (limit {options.gate.sign_agreement:.0%}) with "
+                f"INT8 parts {end_to_end['int8_parts'] or 'none'}"
+            )
+        warnings += [f"{name}: INT8 fell back to FP16 to meet the end-to-end gate" for name in fallbacks]
+    if options.gate.on_failure == "stop" and warnings:
+        raise MobileVLAError(
+            "the INT8 accuracy gate failed: " + "; ".join(warnings) + ". No bundle was written. Calibrate on more or "
+            "more representative episodes (--calibration-frames), try --calibration-method percentile, or pass "
+            "--on-gate-failure fallback to keep the failing parts at FP16"
+        )
+    for warning in warnings:
+        log.warning("%s", warning)
+    parts = {}
+    for name in PART_NAMES:
+        entry = manifest.parts[name]
+        onnx_name = f"{name}.int8.onnx"
+        parts[name] = replace(entry, int8_onnx=onnx_name, int8_external_data=external_file(bundle.root, onnx_name),
+                              precision="int8" if name in end_to_end["int8_parts"] else "fp16")
+    report = {
+        "dataset": dataset_report(options, scan, split.pool, split.held_out),
+        "sample": {**asdict(options.sample), "calibration_frames": len(refs),
+                   "per_scenario": count_by_scenario(refs), "gate_part_frames": len(held_refs)},
+        "quantization": {"tool": "onnxruntime.quantization (QDQ)", **asdict(options.quant), "parts": quantization},
+        "gate": {"thresholds": asdict(options.gate), "parts": {n: asdict(g) for n, g in gates.items()},
+                 "end_to_end": end_to_end},
+        "precision": {name: parts[name].precision for name in PART_NAMES},
+        "warnings": warnings,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return Int8Result(parts, warnings, report)
+
+
+def gate_failure(name: str, gate: PartGate, settings: GateSettings) -> str:
+    return (f"{name}: INT8 cosine {gate.cosine_mean:.5f} < {settings.cosine} on held-out frames; the part falls "
+            f"back to FP16")
+
+
+def end_to_end_gate(bundle: Bundle, q: Quantizer, gates: Mapping[str, PartGate], reference: np.ndarray,
+                    held_out: Sequence[EpisodeInfo], options: Int8Options) -> tuple[dict[str, Any], list[str]]:
+    """Compare chunk[0] as deployed with FP32; fall back the weakest INT8 part until the gate passes."""
+    gate = options.gate
+    int8_parts = [name for name in PART_NAMES if gates[name].passed]
+    fallbacks: list[str] = []
+    while True:
+        runners = {name: q.int8[name] if name in int8_parts else q.fp32[name] for name in PART_NAMES}
+        deployed = chunk0_episodes(bundle, runners, held_out, options.color, "gate: INT8 episodes")
+        scores: Scores = score(deployed, reference, gate.dead_band)
+        passed = scores.mae <= gate.mae and scores.direction >= gate.sign_agreement
+        result = {"passed": passed, "mae": scores.mae, "max_abs_err": scores.max_abs_err,
+                  "sign_agreement": scores.direction, "frames": scores.frames, "episodes": len(held_out),
+                  "int8_parts": list(int8_parts), "per_axis": scores.to_dict()["axes"]}
+        log.info("end-to-end gate with INT8 %s: chunk[0] MAE %.4f, max %.4f, sign agreement %.1f%%: %s",
+                 int8_parts or "nowhere", scores.mae, scores.max_abs_err, 100 * scores.direction,
+                 "passed" if passed else "FAILED")
+        if passed or not int8_parts or gate.on_failure == "stop":
+            return result, fallbacks
+        weakest = min(int8_parts, key=lambda n: gates[n].cosine_mean)
+        int8_parts = [n for n in int8_parts if n != weakest]
+        fallbacks.append(weakest)
+
+
+def count_by_scenario(refs: Sequence[FrameRef]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ref in refs:
+        counts[ref.episode.scenario] = counts.get(ref.episode.scenario, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def dataset_report(options: Int8Options, scan: DatasetScan, pool: Sequence[EpisodeInfo],
+                   held_out: Sequence[EpisodeInfo]) -> dict[str, Any]:
+    return {
+        "path": str(options.data),
+        "color": options.color,
+        "episodes": len(scan.episodes),
+        "frames": scan.total_frames,
+        "skipped": [{"file": str(path), "reason": reason} for path, reason in scan.skipped],
+        "scenarios": sorted({e.scenario for e in scan.episodes}),
+        "calibration_pool": [e.name for e in pool],
+        "held_out": [e.name for e in held_out],
+    }
+
+
+def accuracy_markdown(report: dict[str, Any]) -> str:
+    """The accuracy report as a readable page (accuracy_report.md in the bundle)."""
+    gate, data = report["gate"], report["dataset"]
+    limits = gate["thresholds"]
+    e2e = gate["end_to_end"]
+    lines = [
+        "# INT8 accuracy report",
+        "",
+        f"- calibration data: {data['path']} ({data['episodes']} episodes, {data['frames']} frames, "
+        f"{len(data['skipped'])} skipped; scenarios {', '.join(data['scenarios'])})",
+        f"- split: {len(data['calibration_pool'])} calibration episodes, {len(data['held_out'])} held out (never "
+        f"calibrated on); {report['sample']['calibration_frames']} calibration frames "
+        f"{report['sample']['per_scenario']}",
+        f"- quantization: {report['quantization']['tool']}, {report['quantization']['method']} ranges, "
+        f"symmetric INT8, per-channel weights, Q/DQ on {', '.join(report['quantization']['op_types'])} inputs",
+        f"- calibration + gate time: {report['seconds']} s",
+        "",
+        "| part | precision | cosine mean | cosine min | held-out samples | gate (≥ {}) |".format(limits["cosine"]),
+        "|---|---|---|---|---|---|",
+    ]
+    for name, part in gate["parts"].items():
+        lines.append(f"| {name} | {report['precision'][name]} | {part['cosine_mean']:.5f} | {part['cosine_min']:.5f} "
+                     f"| {part['samples']} | {'pass' if part['passed'] else 'FAIL'} |")
+    lines += [
+        "",
+        f"End to end over {e2e['episodes']} held-out episodes ({e2e['frames']} frames), chunk[0] INT8 vs FP32, "
+        f"INT8 parts {', '.join(e2e['int8_parts']) or 'none'}:",
+        "",
+        "| metric | value | limit | ok |",
+        "|---|---|---|---|",
+        f"| MAE | {e2e['mae']:.5f} | ≤ {limits['mae']} | {'yes' if e2e['mae'] <= limits['mae'] else 'NO'} |",
+        f"| max abs err | {e2e['max_abs_err']:.5f} | | |",
+        f"| sign agreement (dead band ±{limits['dead_band']}) | {e2e['sign_agreement']:.2%} | ≥ "
+        f"{limits['sign_agreement']:.0%} | {'yes' if e2e['sign_agreement'] >= limits['sign_agreement'] else 'NO'} |",
+        "",
+    ]
+    if report["warnings"]:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return "\n".join(lines)
