@@ -4,6 +4,7 @@ VENV := .venv
 LEAN := .venv-runtime
 BIN := $(VENV)/bin
 TEST_BUNDLE := .cache/test-bundle
+STUBS := .cache/typestubs
 
 .PHONY: demo test test-slow lint lean-test clean
 
@@ -26,7 +27,15 @@ demo: $(VENV)/.installed
 	$(BIN)/runtime --frames 5
 	$(BIN)/runtime --benchmark
 
-lint: $(VENV)/.installed
+# tensorrt-stubs without TensorRT (its wheels cannot be fetched here), for mypy only. The published stubs name
+# parameters `in` (a keyword) and put a parameter without default after defaults: patched so they parse.
+$(STUBS)/.installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q --no-deps --target $(STUBS) tensorrt-stubs==10.13.0.35.1
+	sed -i -E '/^ *def /s/([(,] *)in:/\1in_:/g; /^ *def add_scale_nd/s/channel_axis: int\)/channel_axis: int = 0)/' \
+		$(STUBS)/tensorrt_bindings/tensorrt.pyi
+	touch $@
+
+lint: $(VENV)/.installed $(STUBS)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -26,8 +26,9 @@ from build_engines.fit import FitReport, FitSettings, demo_init, fit_head
 from build_engines.int8 import GateSettings, Int8Options, Int8Result, accuracy_markdown, quantize_bundle
 from build_engines.parity import ParityReport, check_parity
 from build_engines.presets import NUM_IMAGE_TOKENS, PRESETS, TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
-from build_engines.reference import ReferencePolicy
 from build_engines.quantize import QuantSettings
+from build_engines.reference import ReferencePolicy
+from build_engines.tensorrt_build import build_bundle_engines, import_tensorrt
 from build_engines.tokenizer_gen import write_tiny_tokenizer
 from calibration.sampling import SampleSettings, split_episodes
 from calibration.synthetic import SyntheticSpec, generate_episodes
@@ -81,6 +82,8 @@ class BuildOptions:
     quant: QuantSettings = field(default_factory=QuantSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     fit: FitSettings = field(default_factory=FitSettings)
+    engines: bool = True  # build TensorRT engines when TensorRT is installed here
+    workspace_mb: int | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -304,6 +307,12 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             hashes.update(hash_files(stage, list(reports.values())))
             manifest = make_manifest(imported, prompt, pre, parts, hashes, reports, source)
             write_manifest(stage, replace(manifest, warnings=tuple(int8.warnings) if int8 else ()))
+            if not options.engines:
+                report["engines_skipped"] = "--no-engines"
+            elif import_tensorrt() is None:
+                report["engines_skipped"] = "TensorRT is not installed here"
+            else:  # one part at a time, into the staged bundle: a failed engine build keeps the old bundle
+                report["engines"] = build_bundle_engines(stage, options.workspace_mb, verify=False)
     return BuildResult(options.output, parity, report, int8)
 
 

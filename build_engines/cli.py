@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from build_engines.quantize import CALIBRATION_METHODS, DEFAULT_OP_TYPES
 from runtime.errors import MobileVLAError, run_cli
 from runtime.paths import default_bundle_dir
 from runtime.preprocess import COLOR_ORDERS, FRAME_FORMATS, RESIZE_FILTERS, Preprocessing
+
+if TYPE_CHECKING:
+    from build_engines.build import BuildResult
 
 log = logging.getLogger("build_engines")
 
@@ -44,6 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
                      help="channel order the model was trained on (bgr: BGR frames fed as RGB)")
     out.add_argument("--frame-format", choices=FRAME_FORMATS, default="RGBA",
                      help="uint8 layout the vision graph takes from the capture (default RGBA, as nvvidconv gives)")
+    int8 = parser.add_argument_group("INT8 (explicit quantization, calibrated on the robot's episodes)")
+    int8.add_argument("--int8", action="store_true",
+                      help="also write Q/DQ INT8 parts, gated on held-out episodes (accuracy_report.md in the bundle)")
+    int8.add_argument("--calibration-data", type=Path, default=None,
+                      help="directory of HDF5 episodes (default: the training config's train_dataset.data_dir; the "
+                           "demo uses its synthetic episodes)")
+    int8.add_argument("--episode-color", choices=("bgr", "rgb"), default="bgr",
+                      help="channel order of the stored images (default bgr: the robot's recorder stores bgr8)")
+    int8.add_argument("--calibration-frames", type=int, default=64,
+                      help="frames sampled across scenarios, episodes and positions (default 64)")
+    int8.add_argument("--held-out", type=float, default=0.25,
+                      help="fraction of each scenario's episodes kept out of calibration for the gate (default 0.25)")
+    int8.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+                      help="activation range estimator (default minmax)")
+    int8.add_argument("--quantize-ops", default=",".join(DEFAULT_OP_TYPES),
+                      help="op types whose inputs get Q/DQ (default MatMul,Gemm)")
+    int8.add_argument("--keep-float", default="image_to_text_projection",
+                      help="comma-separated node-name substrings kept in float (default image_to_text_projection; "
+                           "'' quantizes everything the op types cover)")
+    int8.add_argument("--gate-mae", type=float, default=0.02,
+                      help="max chunk[0] mean abs error INT8 vs FP32 on held-out frames (default 0.02)")
+    int8.add_argument("--gate-sign", type=float, default=0.98,
+                      help="min chunk[0] sign agreement INT8 vs FP32 (default 0.98)")
+    int8.add_argument("--gate-cosine", type=float, default=0.99,
+                      help="min per-part mean cosine similarity INT8 vs FP32 (default 0.99)")
+    int8.add_argument("--on-gate-failure", choices=("fallback", "stop"), default="fallback",
+                      help="a failing part falls back to FP16 with a warning in the manifest, or the build stops "
+                           "(default fallback)")
+    trt = parser.add_argument_group("TensorRT engines (built where TensorRT is installed, e.g. on the Jetson)")
+    trt.add_argument("--engines-only", action="store_true",
+                     help="build the missing/stale engines of an existing --bundle (needs only TensorRT + pycuda)")
+    trt.add_argument("--bundle", type=Path, default=None, help="the bundle for --engines-only")
+    trt.add_argument("--no-engines", action="store_true", help="do not build engines even where TensorRT is installed")
+    trt.add_argument("--force-engines", action="store_true", help="rebuild engines that are already current")
+    trt.add_argument("--workspace-mb", type=int, default=None,
+                     help="TensorRT workspace pool (default and cap: 50%% of the memory available at build time)")
     check = parser.add_argument_group("checks")
     check.add_argument("--parity-frames", type=int, default=12, help="frames in the parity episode (default 12)")
     check.add_argument("--parity-tolerance", type=float, default=1e-4,
@@ -58,7 +99,49 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("build_engines", args.verbose, lambda: run(args))
 
 
+def run_engines_only(args: argparse.Namespace) -> int:
+    from build_engines.tensorrt_build import build_bundle_engines
+
+    if args.bundle is None:
+        raise MobileVLAError("--engines-only needs --bundle DIR (the bundle copied to this device)")
+    report = build_bundle_engines(args.bundle, args.workspace_mb, args.force_engines)
+    print(engines_summary(report, args.bundle))
+    return 0
+
+
+def engines_summary(report: dict[str, Any], bundle: Path) -> str:
+    lines = [f"TensorRT {report['tensorrt']} on {report['device']} (sm {report['compute_capability']}):"]
+    for name, record in report["engines"].items():
+        lines.append(f"  {name}: {record['file']} {record['size_bytes'] / 1e6:.1f} MB in {record['build_s']} s")
+    if not report["engines"]:
+        lines.append("  every engine was already current (--force-engines rebuilds)")
+    return "\n".join([*lines, f"Run it: runtime --bundle {bundle}"])
+
+
+def int8_options(args: argparse.Namespace) -> dict[str, Any]:
+    from build_engines.int8 import GateSettings
+    from build_engines.quantize import QuantSettings
+    from calibration.sampling import SampleSettings
+
+    return {
+        "int8": args.int8,
+        "episodes": args.calibration_data,
+        "episode_color": args.episode_color,
+        "sample": SampleSettings(frames=args.calibration_frames, held_out_fraction=args.held_out, seed=args.seed),
+        "quant": QuantSettings(method=args.calibration_method, op_types=split_list(args.quantize_ops),
+                               exclude=split_list(args.keep_float)),
+        "gate": GateSettings(mae=args.gate_mae, sign_agreement=args.gate_sign, cosine=args.gate_cosine,
+                             on_failure=args.on_gate_failure),
+    }
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.engines_only:
+        return run_engines_only(args)  # no torch/transformers: this is what runs on the Jetson
     # Heavy imports (torch, transformers, onnx) only once the arguments are known to be usable.
     from transformers.utils import logging as hf_logging
 
@@ -72,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.checkpoint is None:
         if args.config is not None or args.kosmos_dir is not None:
             raise MobileVLAError("--config/--kosmos-dir need --checkpoint; without it the demo bundle is built")
-        print("No --checkpoint given: building the embedded demo bundle (tiny preset, random weights written as a "
-              "RoboVLMs-style checkpoint and imported through the real path).")
+        print("No --checkpoint given: building the embedded demo bundle (tiny preset fitted to synthetic episodes, "
+              "written as a RoboVLMs-style checkpoint and imported through the real path).")
         output = args.output or default_bundle_dir()
     else:
         if args.output is None:
@@ -93,16 +176,28 @@ def run(args: argparse.Namespace) -> int:
         parity_tolerance=args.parity_tolerance,
         seed=args.seed,
         random_weights=args.random_weights and args.checkpoint is None,
+        engines=not args.no_engines,
+        workspace_mb=args.workspace_mb,
+        **int8_options(args),
     )
     result = build_bundle(options)
-    print(summary(result.report, result.bundle))
+    print(summary(result))
     return 0
 
 
-def summary(report: dict[str, object], bundle: Path) -> str:
+def summary(result: BuildResult) -> str:
+    """What was built, sizes, accuracy, where; and what to run next."""
     from build_engines.build import report_markdown
+    from build_engines.int8 import accuracy_markdown
+    from build_engines.tensorrt_build import device_command
 
-    return report_markdown(report) + (
-        f"\nBundle written to {bundle}\nTensorRT engines: not built here (TensorRT is not installed; engine builds "
-        f"arrive with `build_engines --int8` on the device).\nRun it: runtime --bundle {bundle}\n"
-    )
+    text = report_markdown(result.report)
+    if result.int8 is not None:
+        text += "\n" + accuracy_markdown(result.int8.report)
+    engines = result.report.get("engines")
+    if engines:
+        text += "\n" + engines_summary(engines, result.bundle)
+    else:
+        text += (f"\nTensorRT engines: not built ({result.report.get('engines_skipped', 'TensorRT is not installed')}"
+                 f"). On the Jetson, with the bundle copied there, run:\n  {device_command(result.bundle)}\n")
+    return text + f"\nBundle written to {result.bundle}\nRun it: runtime --bundle {result.bundle}\n"

@@ -138,7 +138,7 @@ def fit_head(policy: ReferencePolicy, episodes: Sequence[EpisodeInfo], color: st
         picks = torch.from_numpy(rng.integers(0, inputs.shape[0], settings.batch))
         loss = torch.nn.functional.mse_loss(head_outputs(policy, inputs[picks]), targets[picks])  # tanh inside
         optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         optimizer.step()
         losses.append(loss.item())
     policy.eval()

@@ -18,14 +18,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from calibration.cascade import Feed, FeedReader
 from runtime.errors import MobileVLAError
 from runtime.preprocess import check_choice
+
+if TYPE_CHECKING:  # onnx and ONNX Runtime's quantizer load lazily: the CLI imports this module's constants
+    import onnx
+
+    from calibration.cascade import Feed
 
 log = logging.getLogger("build_engines.quantize")
 
@@ -74,6 +77,8 @@ class QdqSummary:
 
 def check_qdq(model: onnx.ModelProto) -> QdqSummary:
     """Count Q/DQ nodes and check zero points (all 0), types (all int8) and weight granularity."""
+    from onnx import numpy_helper
+
     initializers = {init.name: init for init in model.graph.initializer}
     dq_outputs = {}
     quantize = dequantize = per_channel = per_tensor = nonzero = non_int8 = 0
@@ -112,7 +117,10 @@ def activation_matmuls(model: onnx.ModelProto) -> list[str]:
 def quantize_part(fp32: Path, output: Path, feeds: Sequence[Feed], settings: QuantSettings,
                   external_data: bool) -> QdqSummary:
     """Calibrate on `feeds` and write the Q/DQ model to `output` (weights in `<output>.data` when external)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from calibration.cascade import FeedReader
 
     settings.validate()
     if not feeds:

@@ -28,7 +28,7 @@ from runtime.runners import Runner
 Feed = dict[str, np.ndarray]
 
 
-class FeedReader(CalibrationDataReader):  # type: ignore[misc]
+class FeedReader(CalibrationDataReader):
     """ONNX Runtime's calibration reader over a list of feeds."""
 
     def __init__(self, feeds: Sequence[Feed]) -> None:

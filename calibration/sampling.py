@@ -8,6 +8,7 @@ within each episode over its whole length (start, middle, end of the drive all a
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -80,7 +81,7 @@ def spread_positions(count: int, length: int, rng: np.random.Generator) -> list[
     count = min(count, length)
     edges = np.linspace(0, length, count + 1)
     picks = {int(min(length - 1, np.floor(lo + rng.uniform(0, max(1e-9, hi - lo))))) for lo, hi in
-             zip(edges[:-1], edges[1:], strict=True)}
+             itertools.pairwise(edges)}
     return sorted(picks)
 
 

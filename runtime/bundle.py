@@ -270,7 +270,10 @@ def check_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    """Write atomically: readers see the old manifest or the new one, never half of one."""
+    partial = root / f".{MANIFEST_NAME}.partial"
+    partial.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    os.replace(partial, root / MANIFEST_NAME)
 
 
 def hash_files(root: Path, names: list[str]) -> dict[str, str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import MobileVLAError
 from runtime.episodes import iter_episode_frames, scan_episodes
+from runtime.errors import MobileVLAError
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice, prepare_frame
 
 
