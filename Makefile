@@ -4,6 +4,7 @@ VENV := .venv
 LEAN := .venv-runtime
 BIN := $(VENV)/bin
 TEST_BUNDLE := .cache/test-bundle
+TEST_EPISODES := .cache/test-episodes
 STUBS := .cache/typestubs
 
 .PHONY: demo test test-slow lint lean-test clean
@@ -22,10 +23,13 @@ $(LEAN)/.installed: pyproject.toml
 	$(LEAN)/bin/python -m pip install -q -e ".[replay]" pytest
 	touch $@
 
+DEMO_EPISODES := .cache/demo-episodes
+
 demo: $(VENV)/.installed
-	$(BIN)/build_engines
+	MOBILE_VLA_EPISODES=$(DEMO_EPISODES) $(BIN)/build_engines --int8
 	$(BIN)/runtime --frames 5
 	$(BIN)/runtime --benchmark
+	$(BIN)/runtime --source h5:$(DEMO_EPISODES) --score
 
 # tensorrt-stubs without TensorRT (its wheels cannot be fetched here), for mypy only. The published stubs name
 # parameters `in` (a keyword) and put a parameter without default after defaults: patched so they parse.
@@ -43,8 +47,9 @@ test: lint lean-test
 	$(BIN)/pytest -q
 
 lean-test: $(VENV)/.installed $(LEAN)/.installed
-	$(BIN)/build_engines --output $(TEST_BUNDLE) > /dev/null
-	MOBILE_VLA_TEST_BUNDLE=$(TEST_BUNDLE) $(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
+	MOBILE_VLA_EPISODES=$(TEST_EPISODES) $(BIN)/build_engines --int8 --output $(TEST_BUNDLE) > /dev/null
+	MOBILE_VLA_TEST_BUNDLE=$(TEST_BUNDLE) MOBILE_VLA_TEST_EPISODES=$(TEST_EPISODES) \
+		$(LEAN)/bin/python -m pytest -q -p no:cacheprovider tests/runtime
 
 test-slow: $(VENV)/.installed
 	$(BIN)/pytest -q -m slow -s

@@ -258,7 +258,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
 
 
 def gate_failure(name: str, gate: PartGate, settings: GateSettings) -> str:
-    return (f"{name}: INT8 cosine {gate.cosine_mean:.5f} < {settings.cosine} on held-out frames; the part falls "
+    return (f"{name}: INT8 cosine {gate.cosine_mean:.6f} < {settings.cosine} on held-out frames; the part falls "
             f"back to FP16")
 
 

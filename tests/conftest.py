@@ -9,12 +9,26 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo bundle: prebuilt (lean venv, MOBILE_VLA_TEST_BUNDLE) or built here with build_engines."""
+def demo_episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's synthetic episodes (720p, 4 scenarios x 8): prebuilt (MOBILE_VLA_TEST_EPISODES) or generated."""
+    prebuilt = os.environ.get("MOBILE_VLA_TEST_EPISODES")
+    if prebuilt:
+        return Path(prebuilt)
+    from calibration.synthetic import SyntheticSpec, generate_episodes
+
+    directory = tmp_path_factory.mktemp("episodes")
+    generate_episodes(directory, SyntheticSpec(episodes_per_scenario=8))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory: pytest.TempPathFactory, demo_episodes: Path) -> Path:
+    """The demo bundle with INT8 parts: prebuilt (lean venv, MOBILE_VLA_TEST_BUNDLE) or built with build_engines."""
     prebuilt = os.environ.get("MOBILE_VLA_TEST_BUNDLE")
     if prebuilt:
         return Path(prebuilt)
     pytest.importorskip("torch")
     from build_engines.build import BuildOptions, build_bundle
 
-    return build_bundle(BuildOptions(output=tmp_path_factory.mktemp("bundles") / "demo")).bundle
+    output = tmp_path_factory.mktemp("bundles") / "demo"
+    return build_bundle(BuildOptions(output=output, int8=True, episodes=demo_episodes)).bundle

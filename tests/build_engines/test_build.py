@@ -13,6 +13,7 @@ import build_engines.build as build_module
 from build_engines.build import BuildOptions, build_bundle, demo_reference_policy
 from build_engines.checkpoint import write_robovlms_checkpoint, write_training_config
 from build_engines.cli import main as build_main
+from build_engines.fit import FitSettings, demo_init
 from build_engines.parity import check_parity
 from build_engines.presets import kosmos_config, tiny_head
 from build_engines.reference import ReferencePolicy
@@ -22,17 +23,23 @@ from runtime.prompt import PromptEncoder
 from runtime.sources import synthetic_frame
 
 DATA_DEPENDENT_OPS = {"NonZero", "ScatterND", "ScatterElements", "Loop", "If"}
+UNFITTED = FitSettings(steps=0)  # export/parity tests: the demo policy without its fit (seconds, not a minute)
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[Path, object]]:
+def episodes(demo_episodes: Path) -> Path:
+    return demo_episodes
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory, episodes: Path) -> dict[tuple[str, str], tuple[Path, object]]:
     """One bundle per layout × head variant, from RoboVLMs-style checkpoints through the real import path."""
     root = tmp_path_factory.mktemp("matrix")
     out = {}
     for layout in ("robovlms", "mobilevla_fallback"):
         for variant in ("velocities", "actions_gripper"):
             options = BuildOptions(output=root / f"{layout}-{variant}", layout=layout, demo_head_variant=variant,
-                                   parity_frames=12)
+                                   parity_frames=12, episodes=episodes, fit=UNFITTED)
             result = build_bundle(options)
             out[(layout, variant)] = (result.bundle, result)
     return out
@@ -92,13 +99,16 @@ def test_any_prompt_up_to_the_maximum_matches_the_reference(bundles: dict, layou
 
 
 def imported_demo_policy(bundle: Bundle) -> ReferencePolicy:
-    """The demo build's policy (same seed); import is exact to 1e-8, far inside the parity bound."""
-    return demo_reference_policy(seed=0, variant=bundle.manifest.policy.head_variant)
+    """The unfitted demo build's policy (same seed, same init); import is exact to 1e-8, far inside the bound."""
+    policy = demo_reference_policy(seed=0, variant=bundle.manifest.policy.head_variant)
+    demo_init(policy)
+    return policy
 
 
-def test_fallback_prompt_longer_than_64_tokens(tmp_path: Path) -> None:
+def test_fallback_prompt_longer_than_64_tokens(tmp_path: Path, episodes: Path) -> None:
     result = build_bundle(BuildOptions(output=tmp_path / "long", layout="mobilevla_fallback", max_prompt_tokens=80,
-                                       instruction="turn left " * 30, parity_frames=12))
+                                       instruction="turn left " * 30, parity_frames=12, episodes=episodes,
+                                       fit=UNFITTED))
     bundle = load_bundle(result.bundle)
     assert bundle.manifest.prompt.sequence_length == 83
     ids = PromptEncoder(bundle.path("tokenizer.json"), bundle.manifest.prompt).prompt_ids("turn left " * 30)
@@ -119,7 +129,7 @@ def test_checkpoint_build_and_normalization_in_manifest(tmp_path: Path) -> None:
 
 
 def test_failed_build_leaves_the_previous_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 bundles: dict) -> None:
+                                                 bundles: dict, episodes: Path) -> None:
     path, _ = bundles[("robovlms", "velocities")]
     target = tmp_path / "bundle"
     shutil.copytree(path, target)
@@ -130,14 +140,15 @@ def test_failed_build_leaves_the_previous_bundle(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(build_module, "export_part", broken_export)
     with pytest.raises(MobileVLAError, match="simulated export failure"):
-        build_bundle(BuildOptions(output=target))
+        build_bundle(BuildOptions(output=target, episodes=episodes, fit=UNFITTED))
     assert (target / "manifest.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     load_bundle(target)
 
 
-def test_parity_failure_stops_the_build(tmp_path: Path) -> None:
-    options = BuildOptions(output=tmp_path / "b", parity_frames=2, parity_tolerance=-1.0)
+def test_parity_failure_stops_the_build(tmp_path: Path, episodes: Path) -> None:
+    options = BuildOptions(output=tmp_path / "b", parity_frames=2, parity_tolerance=-1.0, episodes=episodes,
+                           fit=UNFITTED)
     with pytest.raises(MobileVLAError, match=r"do not reproduce the reference policy: .*No bundle was written"):
         build_bundle(options)
     assert not (tmp_path / "b").exists()

@@ -77,7 +77,7 @@ def test_h5_replay_resets_history_per_episode_and_reads_instruction(
     assert [(r["frame"], r["history"]) for r in records] == [(0, 1), (1, 2), (2, 3), (0, 1), (1, 2)]
     assert records[0]["instruction"] == "go left"
     assert records[3]["instruction"] == "navigate around the box to the left"  # bundle default
-    assert len(records[0]["recorded_action"]) == 3
+    assert len(records[0]["recorded_action"]) == 2  # the policy's action_dim: [linear_x, linear_y]
 
 
 def test_user_errors_exit_nonzero_with_message(demo_bundle: Path, tmp_path: Path,
@@ -99,3 +99,27 @@ def test_runtime_imports_no_heavy_packages() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_score_prints_fp32_and_int8_side_by_side(demo_bundle: Path, demo_episodes: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "scores.json"
+    assert main(["--bundle", str(demo_bundle), "--source", f"h5:{demo_episodes}", "--score", "--frames", "72",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("metric"))
+    assert header.split()[1:] == ["fp32", "int8"]
+    for row in ("MAE", "acc@0.3 all axes", "acc@0.15 all axes", "linear_x R²", "linear_y Pearson r",
+                "linear_y direction"):
+        assert row in printed
+    scores = json.loads(out.read_text())
+    assert scores["fp32"]["frames"] == scores["int8"]["frames"] == 72
+    assert abs(scores["fp32"]["mae"] - scores["int8"]["mae"]) < 0.02  # the gate's bound, end to end
+    assert scores["fp32"]["axes"]["linear_x"]["pearson"] > 0.3  # the fitted demo follows the scene
+
+
+def test_score_and_precision_errors(demo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--bundle", str(demo_bundle), "--score"]) == 2
+    assert "--score needs recorded actions: use --source h5:DIR" in capsys.readouterr().err
+    assert main(["--bundle", str(demo_bundle), "--score", "--benchmark", "--source", "h5:x"]) == 2
+    assert "--score and --benchmark are separate runs" in capsys.readouterr().err
