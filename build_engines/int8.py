@@ -22,12 +22,14 @@ import numpy as np
 
 from build_engines.quantize import QuantSettings, quantize_part
 from calibration.cascade import (
+    Embeds,
     EpisodeFrames,
     Feed,
     TextFeeds,
     head_feeds,
     load_frames,
     trunk_feeds,
+    vision_embeds,
     vision_feeds,
 )
 from calibration.sampling import FrameRef, SampleSettings, sample_frames, split_episodes
@@ -38,7 +40,7 @@ from runtime.pipeline import PolicyPipeline
 from runtime.preprocess import COLOR_ORDERS, check_choice
 from runtime.prompt import PromptEncoder
 from runtime.runners import OnnxRuntimeRunner, Runner
-from runtime.scoring import DEFAULT_DEAD_BAND, Scores, score
+from runtime.scoring import DEFAULT_DEAD_BAND, Scores, cosine, score
 from runtime.specs import PART_NAMES
 
 log = logging.getLogger("build_engines.int8")
@@ -46,11 +48,11 @@ T = TypeVar("T")
 GATE_FAILURE_ACTIONS = ("fallback", "stop")
 
 
-def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+def progress(items: Iterable[T], description: str) -> Iterator[T]:
     """A progress bar on an interactive stderr; silent in logs and CI."""
     from tqdm import tqdm
 
-    yield from tqdm(items, desc=description, total=total, disable=None, leave=False, unit="it")
+    yield from tqdm(items, desc=description, disable=None, leave=False, unit="it")
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,6 @@ class Int8Result:
     parts: dict[str, PartEntry]
     warnings: list[str]
     report: dict[str, Any]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.report["gate"]["end_to_end"]["passed"])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    denom = float(np.linalg.norm(x) * np.linalg.norm(y))
-    return float(x @ y / denom) if denom > 0 else 1.0
 
 
 def part_gate(fp32: Runner, int8: Runner, feeds: Sequence[Feed], threshold: float) -> PartGate:
@@ -160,6 +152,14 @@ class Quantizer:
         self.fp32: dict[str, Runner] = {name: self.activate(name, bundle.part_path(name)) for name in PART_NAMES}
         self.int8: dict[str, Runner] = {}
         self.deployed: dict[str, Runner] = {}
+        self._embeds: dict[tuple[int, int], Embeds] = {}  # (vision runner, frame set) -> image embeds, once each
+
+    def embeds(self, vision: Runner, frames: Mapping[Path, EpisodeFrames]) -> Embeds:
+        """The trunk's and the head's feeds need the same frames' image embeds: run the vision part once."""
+        key = (id(vision), id(frames))
+        if key not in self._embeds:
+            self._embeds[key] = vision_embeds(frames, vision)
+        return self._embeds[key]
 
     def activate(self, name: str, path: Path) -> Runner:
         runner = OnnxRuntimeRunner(path, self.bundle.manifest.parts[name].spec)
@@ -170,9 +170,10 @@ class Quantizer:
                           upstream: Mapping[str, Runner]) -> list[Feed]:
         if name == "vision":
             return vision_feeds(refs, frames)
+        embeds = self.embeds(upstream["vision"], frames)
         if name == "trunk":
-            return trunk_feeds(refs, frames, upstream["vision"], self.text)
-        return head_feeds(refs, frames, upstream["vision"], upstream["trunk"], self.text, self.window)
+            return trunk_feeds(refs, embeds, self.text)
+        return head_feeds(refs, frames, embeds, upstream["trunk"], self.text, self.window)
 
     def quantize(self, name: str, refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames]) -> dict[str, Any]:
         entry = self.bundle.manifest.parts[name]

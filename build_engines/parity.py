@@ -14,6 +14,7 @@ from runtime.bundle import Bundle
 from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize, onnx_runners
 from runtime.prompt import layout_text_inputs
 from runtime.runners import Runner
+from runtime.scoring import cosine
 
 
 @dataclass
@@ -27,10 +28,7 @@ class ErrorStats:
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         self.max_abs_err = max(self.max_abs_err, float(diff.max()))
         self.mean_abs_err = (self.mean_abs_err * self.samples + float(diff.mean())) / (self.samples + 1)
-        a, b = got.ravel().astype(np.float64), want.ravel().astype(np.float64)
-        denom = np.linalg.norm(a) * np.linalg.norm(b)
-        cosine = float(a @ b / denom) if denom > 0 else 1.0
-        self.min_cosine = min(self.min_cosine, cosine)
+        self.min_cosine = min(self.min_cosine, cosine(got, want))
         self.samples += 1
 
 

@@ -87,23 +87,26 @@ def vision_feeds(refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames])
     return [{"frame": frames[ref.episode.path].frames[ref.index][None]} for ref in refs]
 
 
-def trunk_feeds(refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames], vision: Runner,
-                text: TextFeeds) -> list[Feed]:
-    feeds = []
-    for ref in refs:
-        embeds = vision.infer({"frame": frames[ref.episode.path].frames[ref.index][None]})["image_embeds"]
-        feeds.append({"image_embeds": embeds, **text.for_episode(ref.episode)})
-    return feeds
+Embeds = dict[Path, dict[int, np.ndarray]]  # episode -> frame index -> image embeds (1, 64, D)
 
 
-def episode_features(frames: EpisodeFrames, vision: Runner, trunk: Runner, text: TextFeeds) -> dict[int, np.ndarray]:
-    """Action features `(D,)` of the loaded frames of one episode, through the upstream parts."""
-    text_feed = text.for_episode(frames.info)
-    features = {}
-    for index, pixels in frames.frames.items():
-        embeds = vision.infer({"frame": pixels[None]})["image_embeds"]
-        features[index] = trunk.infer({"image_embeds": embeds, **text_feed})["action_feature"][0]
-    return features
+def vision_embeds(frames: Mapping[Path, EpisodeFrames], vision: Runner) -> Embeds:
+    """Image embeds of every loaded frame (sampled frames and their history windows), through `vision`."""
+    return {path: {index: vision.infer({"frame": pixels[None]})["image_embeds"]
+                   for index, pixels in loaded.frames.items()}
+            for path, loaded in frames.items()}
+
+
+def trunk_feeds(refs: Sequence[FrameRef], embeds: Embeds, text: TextFeeds) -> list[Feed]:
+    return [{"image_embeds": embeds[ref.episode.path][ref.index], **text.for_episode(ref.episode)} for ref in refs]
+
+
+def episode_features(info: EpisodeInfo, embeds: Mapping[int, np.ndarray], trunk: Runner,
+                     text: TextFeeds) -> dict[int, np.ndarray]:
+    """Action features `(D,)` of one episode's loaded frames, through the upstream trunk."""
+    text_feed = text.for_episode(info)
+    return {index: trunk.infer({"image_embeds": value, **text_feed})["action_feature"][0]
+            for index, value in embeds.items()}
 
 
 def head_window(features: Mapping[int, np.ndarray], index: int, window: int) -> Feed:
@@ -114,7 +117,7 @@ def head_window(features: Mapping[int, np.ndarray], index: int, window: int) -> 
     return {"features": history, "history_len": np.array([len(recent)], dtype=np.int64)}
 
 
-def head_feeds(refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames], vision: Runner, trunk: Runner,
+def head_feeds(refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames], embeds: Embeds, trunk: Runner,
                text: TextFeeds, window: int) -> list[Feed]:
-    features = {path: episode_features(loaded, vision, trunk, text) for path, loaded in frames.items()}
+    features = {path: episode_features(loaded.info, embeds[path], trunk, text) for path, loaded in frames.items()}
     return [head_window(features[ref.episode.path], ref.index, window) for ref in refs]

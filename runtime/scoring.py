@@ -17,6 +17,13 @@ DEFAULT_DEAD_BAND = 0.05
 AXIS_NAMES = ("linear_x", "linear_y", "angular_z")
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays taken as flat vectors (1.0 when either is all zeros)."""
+    x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    denom = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / denom) if denom > 0 else 1.0
+
+
 def signs(values: np.ndarray, dead_band: float) -> np.ndarray:
     return np.where(np.abs(values) <= dead_band, 0, np.sign(values)).astype(np.int8)
 
