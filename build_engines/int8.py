@@ -33,6 +33,7 @@ from calibration.cascade import (
     vision_feeds,
 )
 from calibration.sampling import FrameRef, SampleSettings, sample_frames, split_episodes
+from runtime.backend import OnnxRuntimeBackend
 from runtime.bundle import Bundle, PartEntry
 from runtime.episodes import DatasetScan, EpisodeInfo, iter_episode_frames, scan_episodes
 from runtime.errors import MobileVLAError
@@ -112,11 +113,13 @@ def part_gate(fp32: Runner, int8: Runner, feeds: Sequence[Feed], threshold: floa
     return PartGate(mean, float(np.min(values)), len(feeds), mean >= threshold)
 
 
-def chunk0_episodes(bundle: Bundle, runners: Mapping[str, Runner], episodes: Sequence[EpisodeInfo], color: str,
-                    description: str) -> np.ndarray:
+def chunk0_episodes(bundle: Bundle, runners: Mapping[str, OnnxRuntimeRunner], episodes: Sequence[EpisodeInfo],
+                    color: str, description: str) -> np.ndarray:
     """chunk[0] of every frame of `episodes` through the runtime pipeline, history reset per episode."""
     manifest = bundle.manifest
-    pipeline = PolicyPipeline(bundle, runners)
+    backend = OnnxRuntimeBackend(bundle, runners)  # the runners stay the caller's: activated, not deactivated here
+    backend.activate()
+    pipeline = PolicyPipeline(bundle, backend)
     values = []
     for info in progress(episodes, description):
         pipeline.reset()
@@ -149,8 +152,8 @@ class Quantizer:
         self.window = manifest.policy.window
         self.encoder = PromptEncoder(bundle.path(manifest.prompt.tokenizer_file), manifest.prompt)
         self.text = TextFeeds(self.encoder, manifest.prompt.default_instruction)
-        self.fp32: dict[str, Runner] = {name: self.activate(name, bundle.part_path(name)) for name in PART_NAMES}
-        self.int8: dict[str, Runner] = {}
+        self.fp32 = {name: self.activate(name, bundle.part_path(name)) for name in PART_NAMES}
+        self.int8: dict[str, OnnxRuntimeRunner] = {}
         self.deployed: dict[str, Runner] = {}
         self._embeds: dict[tuple[int, int], Embeds] = {}  # (vision runner, frame set) -> image embeds, once each
 
@@ -161,7 +164,7 @@ class Quantizer:
             self._embeds[key] = vision_embeds(frames, vision)
         return self._embeds[key]
 
-    def activate(self, name: str, path: Path) -> Runner:
+    def activate(self, name: str, path: Path) -> OnnxRuntimeRunner:
         runner = OnnxRuntimeRunner(path, self.bundle.manifest.parts[name].spec)
         self.stack.enter_context(runner)
         return runner

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from build_engines.reference import ReferencePolicy, ReferenceStep, run_reference_episode
+from runtime.backend import onnx_backend
 from runtime.bundle import Bundle
-from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize, onnx_runners
+from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize
 from runtime.prompt import layout_text_inputs
 from runtime.runners import Runner
 from runtime.scoring import cosine
@@ -99,13 +99,10 @@ def check_parity(policy: ReferencePolicy, bundle: Bundle, frames: Sequence[np.nd
                  prompt_ids: Sequence[int], instruction: str, tolerance: float) -> ParityReport:
     manifest = bundle.manifest
     steps = run_reference_episode(policy, frames, prompt_ids, manifest.prompt, manifest.preprocessing)
-    runners = onnx_runners(bundle)
     output = OutputSettings(manifest.action.output_scale, manifest.action.output_limit)
-    with ExitStack() as stack:
-        for runner in runners.values():
-            stack.enter_context(runner)
-        part_stats = check_parts(runners, steps, frames, bundle, prompt_ids)
-        pipeline = PolicyPipeline(bundle, runners, instruction, output)
+    with onnx_backend(bundle) as backend:
+        part_stats = check_parts(backend.runners, steps, frames, bundle, prompt_ids)
+        pipeline = PolicyPipeline(bundle, backend, instruction, output)
         end_to_end, first = ErrorStats(), ErrorStats()
         for frame, step in zip(frames, steps, strict=True):
             result = pipeline.step(frame)

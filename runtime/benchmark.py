@@ -1,10 +1,21 @@
-"""Latency statistics for `runtime --benchmark`: per-stage p50/p99, FPS, a table and JSON."""
+"""`runtime --benchmark`: per-stage p50/p90/p99/max, FPS, jitter, capture-to-command latency, peak memory, the
+health monitor's readings and (on a Jetson) whether the clocks are locked. A table, JSON and a PNG plot."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import glob
+import logging
+import os
+import resource
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from runtime.errors import MobileVLAError
+
+log = logging.getLogger("runtime.benchmark")
 
 
 class StageRecorder:
@@ -23,6 +34,9 @@ class StageRecorder:
             self._values[stage][self._count] = timings_ms[stage]
         self._count += 1
 
+    def clear(self) -> None:
+        self._count = 0
+
     @property
     def count(self) -> int:
         return self._count
@@ -34,12 +48,87 @@ class StageRecorder:
 @dataclass(frozen=True)
 class StageStats:
     p50: float
+    p90: float
     p99: float
     mean: float
     max: float
 
+    @classmethod
+    def of(cls, values: np.ndarray) -> StageStats:
+        if not len(values):
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+        p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
+        return cls(p50, p90, p99, float(values.mean()), float(values.max()))
+
 
 @dataclass(frozen=True)
+class ClockStatus:
+    """Jetson power mode and whether CPU and GPU clocks are pinned (jetson_clocks sets min = max)."""
+
+    power_mode: str | None
+    cpu_locked: bool | None
+    gpu_locked: bool | None
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.cpu_locked and self.gpu_locked)
+
+    def warning(self) -> str | None:
+        if self.locked:
+            return None
+        return (f"clocks are not locked (power mode {self.power_mode or 'unknown'}, CPU locked: {self.cpu_locked}, "
+                f"GPU locked: {self.gpu_locked}): latencies vary with DVFS. For stable figures run "
+                f"`sudo nvpmodel -m 0 && sudo jetson_clocks` first")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _min_equals_max(min_path: str, max_path: str) -> bool | None:
+    low, high = _read(min_path), _read(max_path)
+    return None if low is None or high is None else low == high
+
+
+def is_jetson(root: str = "/") -> bool:
+    return os.path.exists(os.path.join(root, "etc/nv_tegra_release"))
+
+
+def jetson_clocks(root: str = "/") -> ClockStatus | None:
+    """The clock state on a Jetson (None elsewhere), from sysfs and `nvpmodel -q` (no root needed)."""
+    if not is_jetson(root):
+        return None
+    cpu = os.path.join(root, "sys/devices/system/cpu/cpu0/cpufreq")
+    cpu_locked = _min_equals_max(f"{cpu}/scaling_min_freq", f"{cpu}/scaling_max_freq")
+    gpu_dirs = sorted(glob.glob(os.path.join(root, "sys/devices/platform/*gpu*/devfreq/*")))
+    gpu_locked = _min_equals_max(f"{gpu_dirs[0]}/min_freq", f"{gpu_dirs[0]}/max_freq") if gpu_dirs else None
+    return ClockStatus(nvpmodel_mode(), cpu_locked, gpu_locked)
+
+
+def nvpmodel_mode() -> str | None:
+    try:
+        done = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        log.debug("nvpmodel -q exited %d: %s", done.returncode, done.stderr.strip())
+        return None
+    for line in done.stdout.splitlines():
+        if "Power Mode" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
 class BenchmarkReport:
     frames: int
     warmup: int
@@ -47,38 +136,73 @@ class BenchmarkReport:
     fps: float
     stages: dict[str, StageStats]
     backend: str
+    source: str
+    jitter_ms: float  # standard deviation of the frame period
+    peak_rss_mb: float
+    monitor: dict[str, object] = field(default_factory=dict)
+    clocks: ClockStatus | None = None
+    alloc_growth_kb: float | None = None  # tracemalloc growth over the timed frames (--alloc-check)
+    stops: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "frames": self.frames,
-            "warmup": self.warmup,
-            "wall_s": self.wall_s,
-            "fps": self.fps,
-            "backend": self.backend,
+            "frames": self.frames, "warmup": self.warmup, "wall_s": self.wall_s, "fps": self.fps,
+            "backend": self.backend, "source": self.source, "jitter_ms": self.jitter_ms,
+            "peak_rss_mb": self.peak_rss_mb, "alloc_growth_kb": self.alloc_growth_kb,
             "stages_ms": {name: vars(stats) for name, stats in self.stages.items()},
+            "monitor": self.monitor, "clocks": None if self.clocks is None else vars(self.clocks),
+            "zero_commands": self.stops, "warnings": self.warnings,
         }
 
     def table(self) -> str:
-        lines = [
-            f"{'stage':<8} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'max ms':>9}",
-            "-" * 48,
-        ]
+        lines = [f"{'stage':<13} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'max ms':>9}", "-" * 53]
         for name, s in self.stages.items():
-            lines.append(f"{name:<8} {s.p50:>9.3f} {s.p99:>9.3f} {s.mean:>9.3f} {s.max:>9.3f}")
-        lines.append("-" * 48)
-        lines.append(f"{self.frames} frames after {self.warmup} warm-up, {self.fps:.1f} FPS ({self.backend})")
+            lines.append(f"{name:<13} {s.p50:>9.3f} {s.p90:>9.3f} {s.p99:>9.3f} {s.max:>9.3f}")
+        lines.append("-" * 53)
+        lines.append(f"{self.frames} frames after {self.warmup} warm-up: {self.fps:.1f} FPS, jitter "
+                     f"{self.jitter_ms:.3f} ms, peak RSS {self.peak_rss_mb:.0f} MB")
+        lines.append(f"backend {self.backend}; source {self.source}")
+        if self.alloc_growth_kb is not None:
+            lines.append(f"allocation growth over the timed frames: {self.alloc_growth_kb:.1f} KB (tracemalloc)")
+        if self.monitor:
+            lines.append("monitor: " + ", ".join(f"{k} {v}" for k, v in self.monitor.items()))
+        if self.clocks is not None:
+            lines.append(f"clocks: power mode {self.clocks.power_mode}, locked {self.clocks.locked}")
+        if self.stops:
+            lines.append("zero commands: " + ", ".join(f"{k} {v}" for k, v in self.stops.items()))
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
-def summarize(recorder: StageRecorder, warmup: int, wall_s: float, backend: str) -> BenchmarkReport:
-    stages = {}
-    for stage in recorder.stages:
-        values = recorder.values(stage)
-        stages[stage] = StageStats(
-            p50=float(np.percentile(values, 50)),
-            p99=float(np.percentile(values, 99)),
-            mean=float(values.mean()),
-            max=float(values.max()),
-        )
+def summarize(recorder: StageRecorder, warmup: int, wall_s: float, backend: str, source: str) -> BenchmarkReport:
+    stages = {stage: StageStats.of(recorder.values(stage)) for stage in recorder.stages}
+    totals = recorder.values("total") if "total" in recorder.stages else np.zeros(0)
+    jitter = float(totals.std()) if len(totals) > 1 else 0.0
     fps = recorder.count / wall_s if wall_s > 0 else 0.0
-    return BenchmarkReport(recorder.count, warmup, wall_s, fps, stages, backend)
+    return BenchmarkReport(recorder.count, warmup, wall_s, fps, stages, backend, source, jitter, peak_rss_mb())
+
+
+def write_plot(recorder: StageRecorder, report: BenchmarkReport, path: Path) -> None:
+    """Per-frame latency of every stage and the capture-to-command latency distribution, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MobileVLAError("--plot needs matplotlib: pip install 'mobile-vla-edge[plot]' (or matplotlib)") from exc
+    figure, (timeline, histogram) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for stage in ("total", "vision", "trunk", "head", "capture_wait", "host"):
+        if stage in recorder.stages:
+            timeline.plot(recorder.values(stage), label=stage, linewidth=0.8)
+    timeline.set(xlabel="frame", ylabel="ms", title=f"per-frame stage time ({report.backend})")
+    timeline.legend(loc="upper right", fontsize=8)
+    latency = recorder.values("latency")
+    histogram.hist(latency, bins=40)
+    stats = report.stages["latency"]
+    histogram.set(xlabel="ms", ylabel="frames",
+                  title=f"capture→command: p50 {stats.p50:.2f}, p99 {stats.p99:.2f} ms")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

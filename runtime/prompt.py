@@ -6,6 +6,7 @@ its state, so the prompt is padded *after* the action token, keeping its positio
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import numpy as np
 from runtime.errors import MobileVLAError
 from runtime.preprocess import check_choice
 
+log = logging.getLogger("runtime.prompt")
+
 LAYOUTS = ("robovlms", "mobilevla_fallback")
+OVER_LONG = ("reject", "truncate")  # what to do with an instruction longer than the trunk's prompt slots
 PROMPT_TEMPLATE = "<grounding>An image of a robot {instruction}"
 FALLBACK_TEXT_SLOTS = 64  # the fork pads prompt ids to 64 tokens, then image embeds overwrite positions 0..63
 
@@ -128,9 +132,11 @@ def layout_text_inputs(prompt_ids: list[int], settings: PromptSettings) -> TextI
 class PromptEncoder:
     """Tokenizes instructions with the bundle's `tokenizer.json` (the `tokenizers` library, no transformers)."""
 
-    def __init__(self, tokenizer_path: Path, settings: PromptSettings) -> None:
+    def __init__(self, tokenizer_path: Path, settings: PromptSettings, over_long: str = "reject") -> None:
         from tokenizers import Tokenizer
 
+        check_choice("instruction over_long", over_long, OVER_LONG)
+        self.over_long = over_long
         if not tokenizer_path.is_file():
             raise MobileVLAError(f"tokenizer file {tokenizer_path} is missing; rebuild the bundle with build_engines")
         self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -145,4 +151,12 @@ class PromptEncoder:
         return ids
 
     def encode(self, instruction: str) -> TextInputs:
-        return layout_text_inputs(self.prompt_ids(instruction), self.settings)
+        """The trunk's text inputs. Over-long prompts raise (`reject`) or lose their tail (`truncate`, warned)."""
+        ids = self.prompt_ids(instruction)
+        limit = self.settings.max_prompt_tokens
+        if len(ids) > limit and self.over_long == "truncate":
+            kept = self._tokenizer.decode(ids[:limit])
+            log.warning("instruction %r has %d prompt tokens, the trunk takes %d: truncated to %r", instruction,
+                        len(ids), limit, kept)
+            ids = ids[:limit]
+        return layout_text_inputs(ids, self.settings)

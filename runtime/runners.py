@@ -1,7 +1,8 @@
 """The Runner protocol (DESIGN §6) and its ONNX Runtime implementation.
 
 A runner allocates in `activate`, runs `infer(feed) -> outputs` every frame and frees in `deactivate`; it is a
-context manager. The TensorRT implementation joins it in issue 4.
+context manager. The ONNX Runtime runner binds preallocated input and output arrays once (IO binding), so the
+per-frame path (`run()`) allocates nothing; the TensorRT runner is in `runtime/tensorrt_backend.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ class Runner(Protocol):
 
 
 class OnnxRuntimeRunner:
-    """Runs one bundle part with ONNX Runtime (CPU by default)."""
+    """Runs one bundle part with ONNX Runtime (CPU by default) through IO binding.
+
+    `inputs` and `outputs` are arrays allocated once in `activate` and bound to the session: write inputs in place,
+    call `run()`, read outputs in place. `link_input` binds another runner's output array as an input, so vision's
+    embeds feed the trunk without a copy. `infer(feed)` copies in and returns copies (for one-off calls).
+    """
 
     def __init__(self, path: Path, spec: PartSpec, providers: list[str] | None = None, threads: int = 0) -> None:
         self.path = Path(path)
@@ -42,15 +48,27 @@ class OnnxRuntimeRunner:
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self._session: Any = None
+        self._binding: Any = None
+        self.inputs: dict[str, np.ndarray] = {}
+        self.outputs: dict[str, np.ndarray] = {}
         self._output_names = spec.output_names()
 
+    @property
+    def active(self) -> bool:
+        return self._session is not None
+
     def activate(self) -> None:
+        """Create the session and bind freshly allocated arrays; a no-op when already active."""
+        if self.active:
+            return
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
+        # Spinning pool threads keep cores busy between frames and steal them from capture and the control loop.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -59,6 +77,29 @@ class OnnxRuntimeRunner:
                 f"incompatible exporter: rebuild it with build_engines"
             ) from exc
         self._check_io()
+        self._binding = self._session.io_binding()
+        self.inputs = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in self.spec.inputs}
+        self.outputs = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in self.spec.outputs}
+        for name, array in self.inputs.items():
+            self._bind("input", name, array)
+        for name, array in self.outputs.items():
+            self._bind("output", name, array)
+
+    def _bind(self, kind: str, name: str, array: np.ndarray) -> None:
+        if not array.flags.c_contiguous:
+            raise RuntimeError(f"bug: {self.spec.name} {kind} {name} bound to a non-contiguous array")
+        bind = self._binding.bind_input if kind == "input" else self._binding.bind_output
+        bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+
+    def link_input(self, name: str, array: np.ndarray) -> None:
+        """Bind `array` (e.g. another runner's output) as input `name`; the caller keeps it alive and in place."""
+        self._require_active()
+        expected = next(t for t in self.spec.inputs if t.name == name)
+        if array.shape != expected.shape or array.dtype != np.dtype(expected.dtype):
+            raise RuntimeError(f"bug: linking {array.dtype}{array.shape} to {self.spec.name}.{name} "
+                               f"({expected.dtype}{expected.shape})")
+        self.inputs[name] = array
+        self._bind("input", name, array)
 
     def _check_io(self) -> None:
         session_inputs = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
@@ -76,14 +117,26 @@ class OnnxRuntimeRunner:
                     f"{self.path} input {name} has shape {session_inputs[name]}, the manifest says {shape}; rebuild"
                 )
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _require_active(self) -> None:
         if self._session is None:
             raise RuntimeError(f"bug: runner for {self.spec.name} used before activate()")
-        outputs = self._session.run(self._output_names, dict(feed))
-        return dict(zip(self._output_names, outputs, strict=True))
+
+    def run(self) -> None:
+        """One execution on the bound arrays (the per-frame path: no allocation)."""
+        self._session.run_with_iobinding(self._binding)
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._require_active()
+        for name, value in feed.items():
+            np.copyto(self.inputs[name], np.asarray(value).reshape(self.inputs[name].shape))
+        self.run()
+        return {name: array.copy() for name, array in self.outputs.items()}
 
     def deactivate(self) -> None:
         self._session = None
+        self._binding = None
+        self.inputs = {}
+        self.outputs = {}
 
     def __enter__(self) -> OnnxRuntimeRunner:
         self.activate()

@@ -1,7 +1,10 @@
-"""Frame sources for the minimal runtime: `synthetic[:N]` and `h5:PATH` (replay of recorded episodes).
+"""Frame sources. Every source has `read_into(dest, timeout_s) -> CaptureResult`: it copies the newest frame, already
+the vision graph's `(S, S, C)` uint8 frame, into the backend's input buffer, so the pipeline does the same work
+whatever the source.
 
-Every source yields `Frame`s whose pixels are already the vision graph's `(S, S, C)` uint8 frame, so the pipeline
-does the same work whatever the source. Camera sources (GStreamer) join in issue 4.
+- `synthetic` (a generated scene) and `h5:PATH` (replay of recorded episodes, with their instruction and recorded
+  actions) are finite or unpaced iterators wrapped by `ReplaySource`.
+- Camera and video sources (`csi`, `v4l2:`, `file:`, `test`, `gst:`) are GStreamer pipelines (`runtime/capture.py`).
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
+from runtime.config import SourceConfig
 from runtime.episodes import iter_episode_frames, scan_episodes
 from runtime.errors import MobileVLAError
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice, prepare_frame
@@ -67,13 +73,94 @@ def h5_source(path: Path, pre: Preprocessing, color: str, frames: int | None,
             emitted += 1
 
 
-def open_source(spec: str, pre: Preprocessing, frames: int | None, h5_color: str = "bgr",
-                require_actions: bool = False, action_dim: int = 2) -> Iterator[Frame]:
-    """`synthetic` or `h5:PATH`; `frames` caps the count (None: until the source ends)."""
+def replay_frames(spec: str, pre: Preprocessing, frames: int | None, h5_color: str = "bgr",
+                  require_actions: bool = False, action_dim: int = 2) -> Iterator[Frame]:
+    """The frames of `synthetic` or `h5:PATH`; `frames` caps the count (None: until the source ends)."""
     if spec == "synthetic":
         if require_actions:
             raise MobileVLAError("the synthetic source has no recorded actions to score against; use --source h5:DIR")
         return synthetic_source(pre, frames)
     if spec.startswith("h5:"):
         return h5_source(Path(spec[3:]), pre, h5_color, frames, require_actions, action_dim)
-    raise MobileVLAError(f"unknown source {spec!r}; expected `synthetic` or `h5:PATH`")
+    raise MobileVLAError(f"unknown source {spec!r}; expected {SOURCE_FORMS}")
+
+
+SOURCE_FORMS = "`csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`, `test`, `gst:DESCRIPTION`, `synthetic` or `h5:PATH`"
+
+
+@dataclass
+class CaptureResult:
+    """What one `read_into` delivered."""
+
+    status: str  # "frame" (copied into dest), "repeat" (same buffer timestamp again: nothing copied),
+    # "timeout" (no new frame within the wait), "end" (a file or replay ran out)
+    index: int  # frames delivered so far
+    capture_time: float  # time.monotonic() at capture (camera buffer timestamp where known, else arrival)
+    pts_ns: int | None = None
+    copy_ms: float = 0.0  # time spent copying the frame into dest
+    episode: str = ""
+    new_episode: bool = False
+    instruction: str | None = None  # a replayed episode's own instruction
+    recorded_action: np.ndarray | None = None
+
+
+class FrameSource(Protocol):
+    description: str
+
+    def start(self) -> None: ...
+
+    def read_into(self, dest: np.ndarray, timeout_s: float) -> CaptureResult: ...
+
+    def stop(self) -> None: ...
+
+
+class ReplaySource:
+    """A `FrameSource` over replayed frames (synthetic or h5), delivered as fast as they are asked for."""
+
+    def __init__(self, frames: Iterator[Frame], description: str) -> None:
+        self._frames = frames
+        self.description = description
+        self._count = 0
+
+    def start(self) -> None:
+        pass
+
+    def read_into(self, dest: np.ndarray, timeout_s: float) -> CaptureResult:
+        frame = next(self._frames, None)
+        if frame is None:
+            return CaptureResult("end", self._count, time.monotonic())
+        captured = time.monotonic()
+        np.copyto(dest, frame.pixels)
+        copy_ms = (time.monotonic() - captured) * 1e3
+        self._count += 1
+        return CaptureResult("frame", self._count, captured, None, copy_ms, frame.episode, frame.new_episode,
+                             frame.instruction, frame.recorded_action)
+
+    def stop(self) -> None:
+        pass
+
+    def __enter__(self) -> ReplaySource:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def open_source(config: SourceConfig, pre: Preprocessing, frames: int | None = None, require_actions: bool = False,
+                action_dim: int = 2) -> FrameSource:
+    """The source `config.spec` names: a GStreamer capture, or a replay of synthetic / h5 frames."""
+    from runtime import capture  # GStreamer itself is imported only when a capture starts
+
+    if capture.is_capture_spec(config.spec):
+        if require_actions:
+            raise MobileVLAError(f"source {config.spec} has no recorded actions to score against; use --source h5:DIR")
+        settings = capture.CaptureSettings(
+            sensor_mode=config.sensor_mode, fps=config.fps, flip_method=config.flip_method,
+            stall_timeout_s=config.stall_timeout_s, first_frame_timeout_s=config.first_frame_timeout_s,
+            reconnect_attempts=config.reconnect_attempts, backoff_s=config.backoff_s,
+            backoff_max_s=config.backoff_max_s, file_sync=config.file_sync, file_loop=config.file_loop,
+        )
+        return capture.GstCapture(config.spec, pre, settings)
+    replay = replay_frames(config.spec, pre, frames, config.h5_color, require_actions, action_dim)
+    return ReplaySource(replay, config.spec)

@@ -17,10 +17,11 @@ from build_engines.int8 import GateSettings, Int8Options, quantize_bundle
 from build_engines.quantize import check_qdq
 from build_engines.tensorrt_build import MIN_WORKSPACE, device_command, import_tensorrt, workspace_limit
 from calibration.sampling import SampleSettings
+from runtime.backend import onnx_backend
 from runtime.bundle import load_bundle
 from runtime.episodes import iter_episode_frames, scan_episodes
 from runtime.errors import MobileVLAError
-from runtime.pipeline import PolicyPipeline, onnx_runners
+from runtime.pipeline import PolicyPipeline
 
 
 def test_int8_bundle_has_symmetric_per_channel_qdq_parts(demo_bundle: Path) -> None:
@@ -54,10 +55,9 @@ def test_fitted_demo_policy_responds_to_the_image(demo_bundle: Path, demo_episod
     """Issue 3: std of chunk[0] over an episode >= 0.1 (a random-weights policy barely moves)."""
     bundle = load_bundle(demo_bundle)
     held_out = json.loads((demo_bundle / "accuracy_report.json").read_text())["dataset"]["held_out"]
-    runners = onnx_runners(bundle)
-    for runner in runners.values():
-        runner.activate()
-    pipeline = PolicyPipeline(bundle, runners)
+    backend = onnx_backend(bundle)
+    backend.activate()
+    pipeline = PolicyPipeline(bundle, backend)
     spreads = []
     for info in scan_episodes(demo_episodes).episodes:
         if info.name not in held_out:

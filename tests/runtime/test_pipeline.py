@@ -1,62 +1,46 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from runtime.backend import onnx_backend
 from runtime.bundle import ActionSettings, load_bundle
-from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize, onnx_runners
+from runtime.errors import MobileVLAError
+from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize
 from runtime.preprocess import Preprocessing
-from runtime.runners import Runner
 from runtime.sources import synthetic_frame
 
 
-class RecordingRunner:
-    """Wraps a real runner and keeps copies of what the head was fed."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.feeds: list[dict[str, np.ndarray]] = []
-
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
-        return self.inner.infer(feed)
-
-
 def test_history_window_rolls_over_after_eight_frames(demo_bundle: Path) -> None:
+    """The head sees the last min(t, 8) trunk features, left-aligned, zero rows after them (DESIGN §2.3)."""
     bundle = load_bundle(demo_bundle)
-    runners = onnx_runners(bundle)
-    with ExitStack() as stack:
-        for r in runners.values():
-            stack.enter_context(r)
-        head = RecordingRunner(runners["head"])
-        trunk = RecordingRunner(runners["trunk"])
-        pipeline = PolicyPipeline(bundle, {**runners, "head": head, "trunk": trunk})
+    pre = bundle.manifest.preprocessing
+    with onnx_backend(bundle) as backend:
+        pipeline = PolicyPipeline(bundle, backend)
+        trunk, head = backend.runners["trunk"], backend.runners["head"]
         features = []
         for t in range(11):
-            result = pipeline.step(synthetic_frame(t, bundle.manifest.preprocessing))
-            features.append(runners["trunk"].infer(trunk.feeds[-1])["action_feature"][0])
+            result = pipeline.step(synthetic_frame(t, pre))
+            features.append(trunk.outputs["action_feature"][0].copy())
             assert result.history_len == min(t + 1, 8)
-        for t, feed in enumerate(head.feeds):
             k = min(t + 1, 8)
-            assert int(feed["history_len"][0]) == k
-            np.testing.assert_array_equal(feed["features"][0, :k], np.stack(features[t + 1 - k : t + 1]))
-            assert not feed["features"][0, k:].any()
+            assert int(head.inputs["history_len"][0]) == k
+            np.testing.assert_array_equal(head.inputs["features"][0, :k], np.stack(features[t + 1 - k : t + 1]))
+            assert not head.inputs["features"][0, k:].any()
+        # the same chunk as the head run on its own over the window
+        window = np.stack(features[-8:])[None]
+        alone = head.infer({"features": window, "history_len": np.array([8], np.int64)})["actions"][0]
+        np.testing.assert_allclose(result.raw_chunk, alone, atol=1e-6)
         pipeline.reset()
-        assert pipeline.step(synthetic_frame(0, bundle.manifest.preprocessing)).history_len == 1
+        assert pipeline.step(synthetic_frame(0, pre)).history_len == 1
 
 
 def test_instruction_is_tokenized_once_not_per_frame(demo_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = load_bundle(demo_bundle)
-    runners = onnx_runners(bundle)
-    with ExitStack() as stack:
-        for r in runners.values():
-            stack.enter_context(r)
-        pipeline = PolicyPipeline(bundle, runners, "turn left")
+    with onnx_backend(bundle) as backend:
+        pipeline = PolicyPipeline(bundle, backend, "turn left")
         calls = []
         original = pipeline.encoder.encode
         monkeypatch.setattr(pipeline.encoder, "encode", lambda text: calls.append(text) or original(text))
@@ -67,6 +51,37 @@ def test_instruction_is_tokenized_once_not_per_frame(demo_bundle: Path, monkeypa
         pipeline.set_instruction("turn right")
         pipeline.step(frame)
         assert calls == ["turn right"]
+
+
+def test_io_binding_reuses_buffers_and_matches_plain_session_run(demo_bundle: Path) -> None:
+    """The bound arrays never move, and IO binding gives what a plain session.run gives."""
+    import onnxruntime as ort
+
+    bundle = load_bundle(demo_bundle)
+    frame = synthetic_frame(3, bundle.manifest.preprocessing)
+    with onnx_backend(bundle) as backend:
+        vision = backend.runners["vision"]
+        before = {name: a.ctypes.data for name, a in vision.outputs.items()}
+        PolicyPipeline(bundle, backend).step(frame)
+        assert {name: a.ctypes.data for name, a in vision.outputs.items()} == before
+        assert backend.runners["trunk"].inputs["image_embeds"] is vision.outputs["image_embeds"]
+        session = ort.InferenceSession(str(bundle.part_path("vision")), providers=["CPUExecutionProvider"])
+        plain = session.run(None, {"frame": frame[None]})[0]
+        np.testing.assert_allclose(vision.outputs["image_embeds"], plain, atol=1e-5)
+
+
+def test_over_long_instruction_truncated_with_warning_or_rejected(demo_bundle: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    bundle = load_bundle(demo_bundle)
+    long = "go around the box " * 30
+    with onnx_backend(bundle) as backend:
+        pipeline = PolicyPipeline(bundle, backend, over_long="truncate")
+        pipeline.set_instruction(long)
+        assert "truncated to" in caplog.text
+        assert pipeline.step(synthetic_frame(0, bundle.manifest.preprocessing)).chunk.shape == (10, 2)
+        strict = PolicyPipeline(bundle, backend)
+        with pytest.raises(MobileVLAError, match="--max-prompt-tokens"):
+            strict.set_instruction(long)
 
 
 def test_denormalize_scale_and_limit() -> None:
