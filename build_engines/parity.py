@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -74,7 +74,7 @@ def reference_chunk(step: ReferenceStep) -> np.ndarray:
     return numpy(step.outputs["actions"][0])
 
 
-def check_parts(runners: dict[str, Runner], steps: Sequence[ReferenceStep], frames: Sequence[np.ndarray],
+def check_parts(runners: Mapping[str, Runner], steps: Sequence[ReferenceStep], frames: Sequence[np.ndarray],
                 bundle: Bundle, prompt_ids: Sequence[int]) -> dict[str, ErrorStats]:
     """Each part fed the reference's own inputs, so errors do not compound across parts."""
     manifest = bundle.manifest

@@ -19,11 +19,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.bundle import Bundle, PartEntry, load_bundle, sha256_file, write_manifest
+from runtime.cuda_support import DeviceInfo, cuda_device, device_command, import_tensorrt
 from runtime.errors import MobileVLAError
 
 if TYPE_CHECKING:  # type-checked against tensorrt-stubs (make lint installs them); imported lazily at run time
@@ -36,27 +37,6 @@ TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
 ENGINE_REPORT = "engine_build_report.json"
 WORKSPACE_SHARE = 0.5  # of MemAvailable: the builder also holds the weights and tactics' scratch outside the pool
 MIN_WORKSPACE = 256 << 20
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    name: str
-    compute_capability: str  # e.g. "8.7" (Orin)
-    total_memory: int
-
-
-def import_tensorrt() -> Any | None:
-    """The `tensorrt` module, or None where it is not installed (a stub-only namespace package counts as missing)."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    return trt if hasattr(trt, "Builder") else None
-
-
-def device_command(bundle: Path) -> str:
-    """What to run on the device when this machine cannot build engines."""
-    return f"build_engines --engines-only --bundle {bundle}"
 
 
 def memory_available() -> int:
@@ -78,21 +58,6 @@ def workspace_limit(requested_mb: int | None, available: int) -> int:
         log.warning("--workspace-mb %d exceeds %d%% of available memory (%d MB); using %d MB", requested_mb,
                     int(WORKSPACE_SHARE * 100), available >> 20, cap >> 20)
     return min(requested, cap)
-
-
-def cuda_device() -> DeviceInfo:
-    """Name and compute capability of GPU 0, through pycuda (the runtime's CUDA binding)."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise MobileVLAError(
-            "pycuda is needed to identify the GPU the engines are built for: `pip install pycuda` (on a Jetson, "
-            "with CUDA's nvcc on PATH)"
-        ) from exc
-    cuda.init()
-    device = cuda.Device(0)
-    major, minor = device.compute_capability()
-    return DeviceInfo(str(device.name()), f"{major}.{minor}", int(device.total_memory()))
 
 
 def make_logger(lines: list[str]) -> trt.ILogger:

@@ -156,18 +156,15 @@ def choose_backend(config: RuntimeConfig, bundle: Bundle) -> PolicyBackend:
     """TensorRT when asked for or when auto finds runnable engines; else ONNX Runtime. The choice is logged."""
     from runtime import tensorrt_backend
 
-    if config.backend in ("auto", "tensorrt") and config.precision != "fp32":
+    if config.precision == "fp32" and config.backend == "auto":
+        log.info("backend onnxruntime (--precision fp32: TensorRT engines are fp16/int8)")
+    else:
         precision = tensorrt_precision(config.precision, bundle)
-        reason = tensorrt_backend.tensorrt_unavailable_reason(bundle, precision)
-        if reason is None:
-            backend: PolicyBackend = tensorrt_backend.open_tensorrt_backend(bundle, precision)
-            log.info("backend: %s", backend.name)
-            return backend
-        if config.backend == "tensorrt":
-            raise MobileVLAError(f"--backend tensorrt cannot run here: {reason}")
-        log.info("backend: onnxruntime (TensorRT not used: %s)", reason)
+        if tensorrt_backend.choose_backend(config.backend, bundle, precision).backend == "tensorrt":
+            # load_bundle has already hashed the engine files when verification is on
+            return tensorrt_backend.open_tensorrt_backend(bundle, precision, verify=False)
     backend = onnx_backend(bundle, onnx_precision(config.precision, bundle), config.threads)
-    log.info("backend: %s", backend.name)
+    log.info("running %s", backend.name)
     return backend
 
 
@@ -176,7 +173,7 @@ def record_json(got: CaptureResult, result: StepResult, command: VelocityCommand
     record: dict[str, object] = {
         "capture_time": round(got.capture_time, 6),
         "episode": got.episode,
-        "frame": got.index - 1,
+        "frame": got.index - 1 if got.episode_frame is None else got.episode_frame,
         "instruction": instruction,
         "velocity": [round(float(v), 6) for v in result.velocity],
         "chunk": [[round(float(v), 6) for v in row] for row in result.chunk],

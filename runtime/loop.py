@@ -76,9 +76,9 @@ class RuntimeLoop:
         dim = pipeline.bundle.manifest.parts["head"].spec.outputs[0].shape[-1]  # velocity axes (no gripper)
         self.safety = SafetyLayer(config.safety, dim)
         schedule = config.schedule
-        self.ensemble = EnsembleScheduler(policy.fwd_pred_next_n, dim, schedule.ensemble_decay) \
+        self.ensemble = EnsembleScheduler(policy.chunk, dim, schedule.ensemble_decay) \
             if schedule.mode == "ensemble" else None
-        self.latest = LatestChunk(policy.fwd_pred_next_n, dim, schedule.step_s) if schedule.mode == "async" else None
+        self.latest = LatestChunk(policy.chunk, dim, schedule.step_s) if schedule.mode == "async" else None
         self._stop = threading.Event()
         self._exit_reason = ""
         self._exit_code = 0
@@ -123,8 +123,10 @@ class RuntimeLoop:
                 if not self._frame(got, t0, t1):
                     continue
                 frames += 1
-                if frames == self.warmup:
+                if frames == self.warmup:  # warm-up done: time from here
                     started = time.perf_counter()
+                    if self.recorder is not None:
+                        self.recorder.clear()
                 if self.frame_limit is not None and frames >= self.frame_limit:
                     self.request_stop("frame limit")
         finally:
@@ -152,6 +154,9 @@ class RuntimeLoop:
             return
         if wanted is None:
             self._has_instruction = False
+            return
+        if wanted == self.pipeline.instruction:
+            self._has_instruction = True
             return
         try:
             self.pipeline.set_instruction(wanted)

@@ -36,15 +36,22 @@ class StepResult:
         return self.chunk[0]
 
 
+def affine(action: ActionSettings, output: OutputSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, offset) with `gain · raw + offset` = de-normalization then output scale, computed once."""
+    scale = np.float32(output.scale)
+    if not action.norm_action:
+        return np.array(scale, dtype=np.float32), np.zeros((), dtype=np.float32)
+    low = np.asarray(action.norm_min, dtype=np.float32)
+    high = np.asarray(action.norm_max, dtype=np.float32)
+    # (raw + 1) / 2 · (high − low) + low  =  raw · (high − low) / 2 + (high + low) / 2
+    return ((high - low) / 2 * scale).astype(np.float32), ((high + low) / 2 * scale).astype(np.float32)
+
+
 def denormalize(raw: np.ndarray, action: ActionSettings, output: OutputSettings) -> np.ndarray:
-    values = raw
-    if action.norm_action:
-        low = np.asarray(action.norm_min, dtype=np.float32)
-        high = np.asarray(action.norm_max, dtype=np.float32)
-        values = (values + 1.0) / 2.0 * (high - low) + low
-    values = values * np.float32(output.scale)
+    gain, offset = affine(action, output)
+    values = raw * gain + offset
     if output.limit is not None:
-        values = np.clip(values, -output.limit, output.limit)
+        np.clip(values, -output.limit, output.limit, out=values)
     return values.astype(np.float32, copy=False)
 
 
@@ -64,6 +71,7 @@ class PolicyPipeline:
         self.backend = backend
         self.action = manifest.action
         self.output = output or OutputSettings(manifest.action.output_scale, manifest.action.output_limit)
+        self._gain, self._offset = affine(self.action, self.output)
         self.encoder = PromptEncoder(bundle.path(manifest.prompt.tokenizer_file), manifest.prompt, over_long)
         self.instruction = ""
         self.set_instruction(instruction or manifest.prompt.default_instruction)
@@ -89,11 +97,14 @@ class PolicyPipeline:
             np.copyto(self.backend.frame[0], frame)
         out = self.backend.step()
         raw = out.actions.copy()
+        chunk = raw * self._gain + self._offset
+        if self.output.limit is not None:
+            np.clip(chunk, -self.output.limit, self.output.limit, out=chunk)
         gripper = out.gripper_logits
         timings = dict(self.backend.stage_ms)
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return StepResult(
-            chunk=denormalize(raw, self.action, self.output),
+            chunk=chunk,
             raw_chunk=raw,
             gripper_prob=None if gripper is None else 1.0 / (1.0 + np.exp(-gripper)),
             history_len=out.history_len,

@@ -36,43 +36,43 @@ class SafetyLayer:
             raise ValueError(f"bug: {action_dim} action dims, the base has {len(AXES)} axes")
         self.settings = settings
         self.axes = AXES[:action_dim]
-        inf = np.float32(np.inf)
-        self._vmax = np.array([settings.max_velocity.get(a, inf) for a in self.axes], dtype=np.float32)
-        self._amax = np.array([settings.max_accel.get(a, inf) for a in self.axes], dtype=np.float32)
-        self._limit_accel = bool(np.isfinite(self._amax).any())
-        self._last = np.zeros(action_dim, dtype=np.float32)
-        self._target = np.zeros(action_dim, dtype=np.float32)
+        inf = float("inf")
+        self._vmax = [settings.max_velocity.get(axis, inf) for axis in self.axes]
+        self._amax = [settings.max_accel.get(axis, inf) for axis in self.axes]
+        self._limit_accel = any(limit < inf for limit in self._amax)
+        # Plain floats: for two or three axes Python arithmetic is several times cheaper than numpy calls.
+        self._last = [0.0] * action_dim
         self._last_time: float | None = None
         self._seq = 0
         self.stops: dict[str, int] = {}  # reason -> zero commands sent for it
         self._stopped_for = ""
 
-    def _make(self, values: np.ndarray, stop: bool, reason: str, latency_ms: float | None) -> VelocityCommand:
+    def _make(self, values: list[float], stop: bool, reason: str, latency_ms: float | None) -> VelocityCommand:
         self._seq += 1
-        axes = dict(zip(self.axes, (float(v) for v in values), strict=True))
+        axes = dict(zip(self.axes, values, strict=True))
         return VelocityCommand(seq=self._seq, stamp=time.time(), stop=stop, reason=reason, latency_ms=latency_ms,
                                **axes)
 
     def command(self, velocity: np.ndarray, now: float, latency_ms: float | None = None) -> VelocityCommand:
         """A policy velocity, limited per axis and in acceleration (`now`: time.monotonic())."""
-        np.clip(velocity, -self._vmax, self._vmax, out=self._target)
+        target = [min(max(float(v), -vmax), vmax) for v, vmax in zip(velocity, self._vmax, strict=True)]
         if self._limit_accel:
             dt = MAX_RAMP_DT if self._last_time is None else min(max(now - self._last_time, 0.0), MAX_RAMP_DT)
-            step = self._amax * np.float32(dt)
-            np.clip(self._target, self._last - step, self._last + step, out=self._target)
-        self._last[...] = self._target
+            target = [min(max(v, last - amax * dt), last + amax * dt)
+                      for v, last, amax in zip(target, self._last, self._amax, strict=True)]
+        self._last = target
         self._last_time = now
         if self._stopped_for:
             log.info("resuming after stop (%s)", self._stopped_for)
             self._stopped_for = ""
-        return self._make(self._last, False, "", latency_ms)
+        return self._make(target, False, "", latency_ms)
 
     def stop(self, reason: str, now: float) -> VelocityCommand:
         """A zero command; the next `command()` ramps up from zero."""
-        self._last[...] = 0.0
+        self._last = [0.0] * len(self.axes)
         self._last_time = now
         self.stops[reason] = self.stops.get(reason, 0) + 1
         if reason != self._stopped_for:
-            log.warning("zero velocity: %s", reason)
+            log.log(logging.INFO if reason == SHUTDOWN else logging.WARNING, "zero velocity: %s", reason)
             self._stopped_for = reason
         return self._make(self._last, True, reason, None)

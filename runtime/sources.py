@@ -99,13 +99,15 @@ class CaptureResult:
     pts_ns: int | None = None
     copy_ms: float = 0.0  # time spent copying the frame into dest
     episode: str = ""
+    episode_frame: int | None = None  # replay: the frame's index within its episode
     new_episode: bool = False
     instruction: str | None = None  # a replayed episode's own instruction
     recorded_action: np.ndarray | None = None
 
 
 class FrameSource(Protocol):
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def start(self) -> None: ...
 
@@ -119,8 +121,12 @@ class ReplaySource:
 
     def __init__(self, frames: Iterator[Frame], description: str) -> None:
         self._frames = frames
-        self.description = description
+        self._description = description
         self._count = 0
+
+    @property
+    def description(self) -> str:
+        return self._description
 
     def start(self) -> None:
         pass
@@ -133,8 +139,8 @@ class ReplaySource:
         np.copyto(dest, frame.pixels)
         copy_ms = (time.monotonic() - captured) * 1e3
         self._count += 1
-        return CaptureResult("frame", self._count, captured, None, copy_ms, frame.episode, frame.new_episode,
-                             frame.instruction, frame.recorded_action)
+        return CaptureResult("frame", self._count, captured, None, copy_ms, frame.episode, frame.index,
+                             frame.new_episode, frame.instruction, frame.recorded_action)
 
     def stop(self) -> None:
         pass

@@ -16,7 +16,8 @@ def json_lines(text: str) -> list[dict[str, object]]:
 
 
 def test_runs_and_prints_velocity_json_lines(demo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--bundle", str(demo_bundle), "--frames", "12", "--instruction", "turn left"]) == 0
+    assert main(["--bundle", str(demo_bundle), "--frames", "12", "--instruction", "turn left", "--output", "-",
+                 "--sink", "none"]) == 0
     records = json_lines(capsys.readouterr().out)
     assert len(records) == 12
     first = records[0]
@@ -30,9 +31,10 @@ def test_runs_and_prints_velocity_json_lines(demo_bundle: Path, capsys: pytest.C
 
 
 def test_output_scale_and_limit_flags(demo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--bundle", str(demo_bundle), "--frames", "2"])
+    main(["--bundle", str(demo_bundle), "--frames", "2", "--output", "-", "--sink", "none"])
     plain = np.array([r["chunk"] for r in json_lines(capsys.readouterr().out)])
-    main(["--bundle", str(demo_bundle), "--frames", "2", "--output-scale", "2.0", "--output-limit", "0.05"])
+    main(["--bundle", str(demo_bundle), "--frames", "2", "--output-scale", "2.0", "--output-limit", "0.05",
+          "--output", "-", "--sink", "none"])
     scaled = np.array([r["chunk"] for r in json_lines(capsys.readouterr().out)])
     np.testing.assert_allclose(scaled, np.clip(plain * 2.0, -0.05, 0.05), atol=2e-6)
 
@@ -72,7 +74,7 @@ def test_h5_replay_resets_history_per_episode_and_reads_instruction(
 ) -> None:
     write_episode(tmp_path / "episode_20250808_123136_1box_vert_left.h5", 3, "go left")
     write_episode(tmp_path / "episode_20250808_124000_1box_vert_right.h5", 2, None)
-    assert main(["--bundle", str(demo_bundle), "--source", f"h5:{tmp_path}"]) == 0
+    assert main(["--bundle", str(demo_bundle), "--source", f"h5:{tmp_path}", "--output", "-", "--sink", "none"]) == 0
     records = json_lines(capsys.readouterr().out)
     assert [(r["frame"], r["history"]) for r in records] == [(0, 1), (1, 2), (2, 3), (0, 1), (1, 2)]
     assert records[0]["instruction"] == "go left"
@@ -85,7 +87,8 @@ def test_user_errors_exit_nonzero_with_message(demo_bundle: Path, tmp_path: Path
     assert main(["--bundle", str(tmp_path / "missing")]) == 2
     assert "runtime: error: bundle directory" in capsys.readouterr().err
     assert main(["--bundle", str(demo_bundle), "--source", "camera0"]) == 2
-    assert "unknown source 'camera0'; expected `synthetic` or `h5:PATH`" in capsys.readouterr().err
+    assert "unknown source 'camera0'; expected `csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`" in \
+        capsys.readouterr().err
     assert main(["--bundle", str(demo_bundle), "--instruction", "go " * 100, "--frames", "1"]) == 2
     assert "--max-prompt-tokens" in capsys.readouterr().err
     assert main(["--bundle", str(demo_bundle), "--source", f"h5:{tmp_path}"]) == 2

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.config import SafetyConfig
+from runtime.safety import OVERRUN, STALE_FRAME, SafetyLayer
+from runtime.schedule import EnsembleScheduler, LatestChunk
+
+
+def test_per_axis_velocity_limits() -> None:
+    layer = SafetyLayer(SafetyConfig(max_velocity={"linear_x": 0.5}), action_dim=2)
+    command = layer.command(np.array([0.9, -2.0], np.float32), now=0.0)
+    assert (command.linear_x, command.linear_y, command.angular_z) == (0.5, -2.0, 0.0)
+    assert not command.stop and command.seq == 1
+
+
+def test_acceleration_limit_ramps_and_stop_is_immediate() -> None:
+    layer = SafetyLayer(SafetyConfig(max_accel={"linear_x": 1.0, "linear_y": 2.0}), action_dim=2)
+    target = np.array([1.0, 1.0], np.float32)
+    layer.command(np.zeros(2, np.float32), now=0.0)
+    first = layer.command(target, now=0.1)  # 0.1 s at 1 and 2 units/s²
+    assert first.linear_x == pytest.approx(0.1) and first.linear_y == pytest.approx(0.2)
+    second = layer.command(target, now=0.2)
+    assert second.linear_x == pytest.approx(0.2) and second.linear_y == pytest.approx(0.4)
+    stop = layer.stop(STALE_FRAME, now=0.25)
+    assert stop.stop and stop.reason == STALE_FRAME and stop.linear_x == stop.linear_y == 0.0
+    again = layer.command(target, now=0.35)  # ramps up from zero, not from 0.2
+    assert again.linear_x == pytest.approx(0.1)
+    assert layer.stops == {STALE_FRAME: 1}
+    # a long gap allows no more than MAX_RAMP_DT worth of change
+    assert layer.command(-target, now=100.0).linear_x == pytest.approx(0.1 - 0.2)
+
+
+def test_stop_reasons_are_counted() -> None:
+    layer = SafetyLayer(SafetyConfig(), action_dim=2)
+    for _ in range(3):
+        layer.stop(OVERRUN, 0.0)
+    assert layer.stops == {OVERRUN: 3}
+
+
+def test_ensemble_weights_overlapping_predictions() -> None:
+    n = 10
+    scheduler = EnsembleScheduler(n, 1, decay=0.0)
+    chunks = [np.arange(n, dtype=np.float32)[:, None] + 100 * t for t in range(3)]
+    assert scheduler.push(chunks[0])[0] == 0.0  # only chunk 0, element 0
+    # frame 1: chunk 1 element 0 (100) and chunk 0 element 1 (1), plain mean
+    assert scheduler.push(chunks[1])[0] == pytest.approx((100 + 1) / 2)
+    assert scheduler.push(chunks[2])[0] == pytest.approx((200 + 101 + 2) / 3)
+    decayed = EnsembleScheduler(n, 1, decay=1.0)
+    decayed.push(chunks[0])
+    w = np.exp(-1.0)
+    assert decayed.push(chunks[1])[0] == pytest.approx((100 + w * 1) / (1 + w))
+    decayed.reset()
+    assert decayed.push(chunks[2])[0] == 200.0
+
+
+def test_latest_chunk_indexes_by_time_since_capture() -> None:
+    latest = LatestChunk(10, 2, step_s=0.1)
+    assert latest.at(5.0)[0] is None
+    chunk = np.arange(20, dtype=np.float32).reshape(10, 2)
+    latest.put(chunk, capture_time=5.0)
+    np.testing.assert_array_equal(latest.at(5.0)[0], chunk[0])
+    np.testing.assert_array_equal(latest.at(5.25)[0], chunk[2])
+    assert latest.at(6.01)[0] is None  # past the chunk's end
+    latest.clear()
+    assert latest.at(5.0)[0] is None
