@@ -7,9 +7,20 @@ TEST_BUNDLE := .cache/test-bundle
 TEST_EPISODES := .cache/test-episodes
 STUBS := .cache/typestubs
 
-.PHONY: demo test test-slow lint lean-test clean
+.PHONY: demo test test-slow lint lean-test clean system-deps
 
-$(VENV)/.installed: pyproject.toml
+# GStreamer and the headers PyGObject builds against (Debian/Ubuntu). Installs only what is missing.
+GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gir1.2-gstreamer-1.0 \
+	gir1.2-gst-plugins-base-1.0 libgirepository1.0-dev libcairo2-dev pkg-config
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=$$(for p in $(GST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0   # the CPU build; see README
@@ -17,18 +28,25 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The runtime alone, without torch/transformers/onnx: proves the on-robot install stays lean.
-$(LEAN)/.installed: pyproject.toml
+$(LEAN)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(LEAN)
 	$(LEAN)/bin/python -m pip install -q --upgrade pip
-	$(LEAN)/bin/python -m pip install -q -e ".[replay]" pytest
+	$(LEAN)/bin/python -m pip install -q -e ".[replay,capture,serial]" pytest
 	touch $@
 
 DEMO_EPISODES := .cache/demo-episodes
 
+DEMO_VIDEO := .cache/demo-video.avi
+DEMO_UDP := 127.0.0.1:5600
+
 demo: $(VENV)/.installed
 	MOBILE_VLA_EPISODES=$(DEMO_EPISODES) $(BIN)/build_engines --int8
-	$(BIN)/runtime --frames 5
-	$(BIN)/runtime --benchmark
+	$(BIN)/runtime --frames 5 --control none
+	$(BIN)/runtime --source test --benchmark --frames 160 --warmup 10 --plot .cache/demo-latency.png
+	gst-launch-1.0 -q videotestsrc num-buffers=90 pattern=ball ! video/x-raw,width=640,height=480,framerate=30/1 \
+		! jpegenc ! avimux ! filesink location=$(DEMO_VIDEO)
+	$(BIN)/python -m runtime.listen udp:$(DEMO_UDP) --count 5 --timeout 20 & \
+		sleep 1; $(BIN)/runtime --source file:$(DEMO_VIDEO) --sink udp:$(DEMO_UDP) --control none; wait
 	$(BIN)/runtime --source h5:$(DEMO_EPISODES) --score
 
 # tensorrt-stubs without TensorRT (its wheels cannot be fetched here), for mypy only. The published stubs name

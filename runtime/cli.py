@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -350,6 +351,7 @@ class AllocationTrace:
                   instruction: str) -> None:
         self._seen += 1
         if self._seen == self.warmup:
+            gc.collect()  # cyclic garbage of the warm-up is not growth
             tracemalloc.start()
             self._start = tracemalloc.get_traced_memory()[0]
         elif self._seen > self.warmup and tracemalloc.is_tracing():

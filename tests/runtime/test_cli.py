@@ -126,3 +126,40 @@ def test_score_and_precision_errors(demo_bundle: Path, capsys: pytest.CaptureFix
     assert "--score needs recorded actions: use --source h5:DIR" in capsys.readouterr().err
     assert main(["--bundle", str(demo_bundle), "--score", "--benchmark", "--source", "h5:x"]) == 2
     assert "--score and --benchmark are separate runs" in capsys.readouterr().err
+
+
+def test_benchmark_steady_state_keeps_no_memory(demo_bundle: Path, tmp_path: Path) -> None:
+    """Issue 4: tracemalloc growth under 64 KB over 1,000 frames after warm-up (synthetic source, no sinks)."""
+    out = tmp_path / "bench.json"
+    assert main(["--bundle", str(demo_bundle), "--benchmark", "--frames", "1010", "--warmup", "10", "--alloc-check",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["frames"] == 1000 and 0 <= report["alloc_growth_kb"] < 64
+    for stage in ("capture_wait", "frame_copy", "schedule", "publish", "host", "latency"):
+        assert report["stages_ms"][stage]["p50"] <= report["stages_ms"][stage]["p90"] <= \
+            report["stages_ms"][stage]["p99"] <= report["stages_ms"][stage]["max"]
+    assert report["monitor"]["source"] == "proc" and report["zero_commands"] == {"shutdown": 1}
+
+
+def test_listen_prints_what_a_udp_sink_sends(demo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import threading
+    import time
+
+    from runtime.listen import listen
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    received: list[int] = []
+    thread = threading.Thread(target=lambda: received.append(listen(f"udp:127.0.0.1:{port}", None, 1.5)))
+    thread.start()
+    while "listening" not in capsys.readouterr().out and thread.is_alive():
+        time.sleep(0.01)
+    assert main(["--bundle", str(demo_bundle), "--frames", "3", "--sink", f"udp:127.0.0.1:{port}",
+                 "--control", "none"]) == 0
+    thread.join(timeout=10)
+    assert received and 2 <= received[0] <= 4  # 3 commands and the final zero; the mailbox may drop one
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("seq ") and "stop True shutdown" in lines[-2]
+    assert lines[-1] == "no datagram for 1.5 s; stopping"
