@@ -33,12 +33,12 @@ class InstructionBox:
         self._version = 1
         self._taken = 0
 
-    def offer(self, instruction: str | None, origin: str) -> None:
+    def offer(self, instruction: str | None, origin: str, level: int = logging.INFO) -> None:
         text = instruction.strip() if instruction else None
         with self._lock:
             self._wanted = text or None
             self._version += 1
-        log.info("instruction from %s: %r", origin, text)
+        log.log(level, "instruction from %s: %r", origin, text)
 
     def take_change(self) -> tuple[bool, str | None]:
         """(changed since the last call, the wanted instruction)."""

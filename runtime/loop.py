@@ -23,7 +23,7 @@ from runtime.config import RuntimeConfig
 from runtime.control import InstructionBox
 from runtime.errors import MobileVLAError
 from runtime.pipeline import PolicyPipeline, StepResult
-from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN, STALE_FRAME, SafetyLayer
+from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN, SINK_RECOVERED, STALE_FRAME, SafetyLayer
 from runtime.schedule import EnsembleScheduler, LatestChunk
 from runtime.sinks import SinkSet, VelocityCommand
 from runtime.sources import CaptureResult, FrameSource
@@ -85,6 +85,7 @@ class RuntimeLoop:
         self._zero_reason = SHUTDOWN
         self._timings = dict.fromkeys(LOOP_STAGES, 0.0)
         self._has_instruction = True
+        self._sink_recovered = threading.Event()
 
     # -- stopping -------------------------------------------------------------------------------------------------
     def request_stop(self, reason: str, code: int = 0, zero_reason: str = SHUTDOWN) -> None:
@@ -95,7 +96,9 @@ class RuntimeLoop:
             self._stop.set()
 
     def on_sink_recovered(self, name: str) -> None:
-        log.warning("sink %s recovered; it restarts from zero velocity", name)
+        """A sink works again (called on its thread): the next command is a zero for every sink, then ramp up."""
+        log.warning("sink %s recovered; restarting from zero velocity", name)
+        self._sink_recovered.set()
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -148,7 +151,8 @@ class RuntimeLoop:
 
     def _apply_instruction(self, got: CaptureResult) -> None:
         if self.replay_instructions and got.new_episode:
-            self.box.offer(got.instruction or self.pipeline.bundle.manifest.prompt.default_instruction, got.episode)
+            self.box.offer(got.instruction or self.pipeline.bundle.manifest.prompt.default_instruction, got.episode,
+                           logging.DEBUG)
         changed, wanted = self.box.take_change()
         if not changed:
             return
@@ -194,6 +198,9 @@ class RuntimeLoop:
         velocity = result.velocity if self.ensemble is None else self.ensemble.push(result.chunk)
         now = time.monotonic()
         latency = now - capture_time
+        if self._sink_recovered.is_set():
+            self._sink_recovered.clear()
+            return self.safety.stop(SINK_RECOVERED, now)
         if latency > self.config.safety.max_latency_s:
             return self.safety.stop(OVERRUN, now)
         return self.safety.command(velocity, now, latency * 1e3)
@@ -224,7 +231,10 @@ class RuntimeLoop:
         while not self._stop.is_set():
             now = time.monotonic()
             velocity, capture_time = self.latest.at(now)
-            if not self._has_instruction:
+            if self._sink_recovered.is_set():
+                self._sink_recovered.clear()
+                command = self.safety.stop(SINK_RECOVERED, now)
+            elif not self._has_instruction:
                 command = self.safety.stop(NO_INSTRUCTION, now)
             elif velocity is None or now - capture_time > deadline:
                 command = self.safety.stop(STALE_FRAME, now)

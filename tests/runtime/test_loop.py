@@ -214,3 +214,63 @@ def test_replaced_defaults_are_visible_in_print_config(tmp_path: Path, capsys: p
     printed = capsys.readouterr().out
     assert "mode: ensemble" in printed and "udp:10.0.0.2:9000" in printed
 
+
+
+def test_stalling_camera_zeroes_within_the_deadline_then_reconnects(demo_bundle: Path,
+                                                                     receiver: socket.socket) -> None:
+    """A real GStreamer source (udpsrc) whose sender stops mid-run: zero within the frame deadline, then recovery."""
+    pytest.importorskip("gi")
+    import threading
+
+    from tests.runtime.test_capture import UdpSender
+
+    with UdpSender() as sender:
+        source = SourceConfig(spec=sender.spec, stall_timeout_s=0.3, first_frame_timeout_s=2.0, backoff_s=0.05,
+                              backoff_max_s=0.2, reconnect_attempts=10)
+        config = RuntimeConfig(source=source, safety=SafetyConfig(frame_deadline_s=0.2))
+        loop, _ = make_loop(demo_bundle, config, [sink_spec(receiver)], frames=None)
+        loop.source.start()
+        runner = threading.Thread(target=loop.run)
+        runner.start()
+        try:
+            receiver.settimeout(5.0)
+            while json.loads(receiver.recv(65536))["stop"]:
+                pass  # until the first real command
+            sender.sending.clear()
+            stalled_at = time.monotonic()
+            while not (message := json.loads(receiver.recv(65536)))["stop"]:
+                stalled_at = time.monotonic()  # commands of frames still in flight
+            zeroed_after = time.monotonic() - stalled_at
+            assert message["reason"] == "stale frame"
+            assert zeroed_after <= 0.2 + 0.1 + 0.2, zeroed_after  # deadline + one wait + scheduling slack
+            time.sleep(0.5)  # long enough for the capture to give up on the pipeline and rebuild it
+            sender.sending.set()
+            while json.loads(receiver.recv(65536))["stop"]:
+                pass  # zeros until frames flow again
+        finally:
+            loop.request_stop("test over")
+            runner.join(timeout=5)
+            loop.source.stop()
+            loop.sinks.close()
+    assert loop.source.reconnects >= 1  # type: ignore[attr-defined]
+    assert loop.safety.stops.get("stale frame", 0) >= 1
+
+
+def test_sink_recovery_sends_zero_then_ramps(demo_bundle: Path, receiver: socket.socket) -> None:
+    config = RuntimeConfig(safety=SafetyConfig(max_accel={"linear_x": 0.5, "linear_y": 0.5}))
+    sent: list[object] = []
+    loop, _ = make_loop(demo_bundle, config, [sink_spec(receiver)], frames=6,
+                        on_result=lambda got, result, command, instruction: sent.append(command))
+    original = loop._schedule
+
+    def schedule(result: object, capture_time: float) -> object:
+        if len(sent) == 3:
+            loop.on_sink_recovered("udp:test")  # as the sink's worker thread would after a reopen
+        return original(result, capture_time)  # type: ignore[arg-type]
+
+    loop._schedule = schedule  # type: ignore[method-assign]
+    loop.run()
+    loop.sinks.close()
+    reasons = [getattr(c, "reason", None) for c in sent]
+    assert reasons[3] == "sink recovered" and sent[3].stop  # type: ignore[attr-defined]
+    assert not sent[4].stop and abs(sent[4].linear_x) <= 0.5 * 0.2 + 1e-6  # type: ignore[attr-defined]
