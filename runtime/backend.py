@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.bundle import Bundle
 from runtime.prompt import TextInputs
-from runtime.runners import OnnxRuntimeRunner
+from runtime.runners import Activated, OnnxRuntimeRunner
 
 MODEL_STAGES = ("vision", "trunk", "head")
 
@@ -60,7 +60,7 @@ class PolicyBackend(Protocol):
     ) -> None: ...
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Activated):
     """The three parts on ONNX Runtime runners (activated here if not yet), linked through their bound arrays."""
 
     def __init__(self, bundle: Bundle, runners: Mapping[str, OnnxRuntimeRunner], label: str = "fp32") -> None:
@@ -124,14 +124,6 @@ class OnnxRuntimeBackend:
         self.stage_ms["head"] = (t3 - t2) * 1e3
         return BackendOutputs(self._actions, self._gripper, self._count)
 
-    def __enter__(self) -> OnnxRuntimeBackend:
-        self.activate()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.deactivate()
 
 
 def onnx_backend(bundle: Bundle, precision: str = "fp32", threads: int = 0) -> OnnxRuntimeBackend:

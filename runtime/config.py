@@ -14,15 +14,15 @@ from typing import Any
 import yaml
 
 from runtime.errors import MobileVLAError
+from runtime.prompt import OVER_LONG
+from runtime.sinks import AXES
 
 SYSTEM_CONFIG = Path("/etc/mobile-vla/runtime.yaml")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 RUNTIME_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 SCHEDULE_MODES = ("chunk0", "ensemble", "async")
 CONTROL_KINDS = ("auto", "ros2", "udp", "none")
-OVER_LONG = ("reject", "truncate")
 MONITOR_SOURCES = ("auto", "jtop", "tegrastats", "proc")
-AXES = ("linear_x", "linear_y", "angular_z")
 
 
 @dataclass(frozen=True)

@@ -30,20 +30,9 @@ from runtime.sources import CaptureResult, FrameSource
 
 log = logging.getLogger("runtime.loop")
 
+# Per-frame benchmark stages (README "runtime --benchmark" says what each covers).
 LOOP_STAGES = ("capture_wait", "frame_copy", "vision", "trunk", "head", "schedule", "publish", "host", "total",
                "latency")
-STAGE_HELP = {
-    "capture_wait": "waiting for the newest frame",
-    "frame_copy": "copying it into the model's input buffer",
-    "vision": "vision part", "trunk": "text trunk", "head": "LSTM head",
-    "schedule": "de-normalize, schedule, safety",
-    "publish": "hand-over to the sinks",
-    "host": "host overhead: the frame minus capture wait and model execution",
-    "total": "the whole frame, capture wait included",
-    "latency": "capture to command",
-}
-
-
 @dataclass
 class LoopResult:
     frames: int  # frames run through the policy

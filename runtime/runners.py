@@ -10,12 +10,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from runtime.errors import MobileVLAError
 from runtime.specs import PartSpec
+
+Self = TypeVar("Self", bound="Activated")
+
+
+class Activated:
+    """`with thing:` activates it and deactivates it on the way out (runners and backends)."""
+
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: Self) -> Self:
+        self.activate()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.deactivate()
 
 
 class Runner(Protocol):
@@ -34,7 +55,7 @@ class Runner(Protocol):
     ) -> None: ...
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Activated):
     """Runs one bundle part with ONNX Runtime (CPU by default) through IO binding.
 
     `inputs` and `outputs` are arrays allocated once in `activate` and bound to the session: write inputs in place,
@@ -138,11 +159,3 @@ class OnnxRuntimeRunner:
         self.inputs = {}
         self.outputs = {}
 
-    def __enter__(self) -> OnnxRuntimeRunner:
-        self.activate()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.deactivate()

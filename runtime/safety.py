@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from runtime.config import AXES, SafetyConfig
-from runtime.sinks import VelocityCommand
+from runtime.config import SafetyConfig
+from runtime.sinks import AXES, VelocityCommand
 
 log = logging.getLogger("runtime.safety")
 

@@ -18,8 +18,6 @@ import threading
 
 import numpy as np
 
-from runtime.config import ScheduleConfig
-
 
 class EnsembleScheduler:
     """Temporal ensembling (ACT-style) over the last `n` chunks."""
@@ -77,6 +75,3 @@ class LatestChunk:
             self._out[...] = self._chunk[index]
             return self._out, self._capture_time
 
-
-def make_ensemble(config: ScheduleConfig, chunk: int, dim: int) -> EnsembleScheduler | None:
-    return EnsembleScheduler(chunk, dim, config.ensemble_decay) if config.mode == "ensemble" else None

@@ -40,7 +40,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +47,7 @@ import numpy as np
 from runtime import cuda_support
 from runtime.backend import MODEL_STAGES, BackendOutputs
 from runtime.bundle import Bundle, PartEntry
+from runtime.config import BACKENDS
 from runtime.cuda_support import (
     CUDA_SUCCESS,
     CudaError,
@@ -62,6 +62,7 @@ from runtime.cuda_support import (
 )
 from runtime.errors import MobileVLAError
 from runtime.prompt import TextInputs
+from runtime.runners import Activated
 from runtime.specs import PartSpec, TensorSpec
 
 if TYPE_CHECKING:  # type-checked against tensorrt-stubs; imported lazily at run time
@@ -73,7 +74,6 @@ if TYPE_CHECKING:  # type-checked against tensorrt-stubs; imported lazily at run
 log = logging.getLogger("runtime.tensorrt")
 
 TENSORRT_PRECISIONS = ("fp16", "int8")
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
 # NvInferRuntime.h, IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
 TENSOR_ALIGNMENT = 256
 # Engine dtypes accepted for a manifest dtype: TensorRT 8.x casts int64 network inputs to int32.
@@ -305,7 +305,7 @@ def release_after_failure(release: Callable[[], None]) -> None:
 # --- one engine ---
 
 
-class TensorRTRunner:
+class TensorRTRunner(Activated):
     """Runs one bundle part's engine (`runtime.runners.Runner`), with a device buffer per I/O tensor.
 
     `activate` reads and verifies the plan file, deserializes it, checks its I/O against the part spec, creates the
@@ -458,14 +458,6 @@ class TensorRTRunner:
             self._stream = None
             self._cuda_context.pop()
 
-    def __enter__(self) -> TensorRTRunner:
-        self.activate()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.deactivate()
 
 
 # --- the backend ---
@@ -492,7 +484,7 @@ def engine_choices(bundle: Bundle, precision: str) -> dict[str, EngineChoice]:
     return choices
 
 
-class TensorRTBackend:
+class TensorRTBackend(Activated):
     """`runtime.backend.PolicyBackend` on TensorRT engines (see the module docstring for the per-frame plan).
 
     `frame` is a pinned host array once `activate()` has run (a plain array before): write each frame into
@@ -781,14 +773,6 @@ class TensorRTBackend:
         log.info("steady-state frame captured as one CUDA graph; replayed from now on")
         return True
 
-    def __enter__(self) -> TensorRTBackend:
-        self.activate()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.deactivate()
 
 
 def open_tensorrt_backend(bundle: Bundle, precision: str, verify: bool = True,
