@@ -27,6 +27,7 @@ from runtime.control import InstructionBox, open_listener
 from runtime.errors import MobileVLAError, run_cli
 from runtime.loop import LOOP_STAGES, LoopResult, OnResult, RuntimeLoop
 from runtime.monitor import HealthMonitor, MonitorSettings
+from runtime.notify import SystemdNotifier
 from runtime.paths import default_bundle_dir
 from runtime.pipeline import OutputSettings, PolicyPipeline, StepResult
 from runtime.safety import MEMORY_GUARD
@@ -236,8 +237,10 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
                              manifest.policy.action_dim)
         sinks = SinkSet([open_sink(spec) for spec in config.sinks])
         replay_instructions = config.source.spec.startswith("h5:") and config.instruction.text is None
+        notifier = SystemdNotifier()
+        stack.callback(notifier.close)
         loop = RuntimeLoop(config, pipeline, source, sinks, box, recorder, args.warmup if args.benchmark else 0,
-                           frames, on_result, replay_instructions)
+                           frames, on_result, replay_instructions, notifier)
         sinks.on_recovered = loop.on_sink_recovered
         stack.callback(sinks.close)
         sinks.start()
@@ -251,6 +254,7 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
             monitor = HealthMonitor(settings, lambda message: loop.request_stop(message, MEMORY_GUARD_EXIT,
                                                                                  MEMORY_GUARD))
             stack.enter_context(monitor)
+            loop.health = lambda: memory_status(monitor)
         stack.callback(source.stop)
         source.start()
         log.info("running %s on %s (%s schedule, sinks: %s)", bundle.root, source.description,
@@ -262,6 +266,13 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
     log.info("stopped: %s after %d frames; zero commands: %s", result.exit_reason, result.frames,
              result.stops or "none")
     return result, monitor_summary
+
+
+def memory_status(monitor: HealthMonitor) -> str:
+    reading = monitor.latest
+    if reading is None:
+        return "memory not read yet"
+    return f"RSS {reading.rss_mb:.0f} MB, MemAvailable {reading.mem_available_mb:.0f} MB"
 
 
 def config_as_dict(config: RuntimeConfig) -> dict[str, object]:

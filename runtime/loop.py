@@ -22,6 +22,7 @@ from runtime.benchmark import StageRecorder
 from runtime.config import RuntimeConfig
 from runtime.control import InstructionBox
 from runtime.errors import MobileVLAError
+from runtime.notify import SystemdNotifier
 from runtime.pipeline import PolicyPipeline, StepResult
 from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN, SINK_RECOVERED, STALE_FRAME, SafetyLayer
 from runtime.schedule import EnsembleScheduler, LatestChunk
@@ -50,7 +51,8 @@ class RuntimeLoop:
     def __init__(self, config: RuntimeConfig, pipeline: PolicyPipeline, source: FrameSource, sinks: SinkSet,
                  box: InstructionBox, recorder: StageRecorder | None = None, warmup: int = 0,
                  frame_limit: int | None = None, on_result: OnResult | None = None,
-                 replay_instructions: bool = False) -> None:
+                 replay_instructions: bool = False, notifier: SystemdNotifier | None = None,
+                 health: Callable[[], str] | None = None) -> None:
         self.config = config
         self.pipeline = pipeline
         self.source = source
@@ -61,6 +63,10 @@ class RuntimeLoop:
         self.frame_limit = frame_limit
         self.on_result = on_result
         self.replay_instructions = replay_instructions  # h5 replay: each episode's own instruction wins
+        self.notifier = notifier  # systemd: READY after the first inference, WATCHDOG only while frames flow
+        self.health = health  # a one-line memory summary for systemd's STATUS
+        self._status_frames = 0
+        self._status_since = time.monotonic()
         policy = pipeline.bundle.manifest.policy
         dim = pipeline.bundle.manifest.parts["head"].spec.outputs[0].shape[-1]  # velocity axes (no gripper)
         self.safety = SafetyLayer(config.safety, dim)
@@ -123,6 +129,8 @@ class RuntimeLoop:
                     self.request_stop("frame limit")
         finally:
             self._stop.set()
+            if self.notifier is not None:
+                self.notifier.stopping(self._exit_reason or "exception")
             if control is not None:
                 control.join(timeout=1.0)
             final = self.safety.stop(self._zero_reason, time.monotonic())
@@ -176,9 +184,26 @@ class RuntimeLoop:
             self.sinks.publish(command)
         t4 = time.perf_counter()
         self._record(got, result, t0, t1, t2, t3, t4)
+        if self.notifier is not None:
+            self._notify()
         if self.on_result is not None:
             self.on_result(got, result, command, self.pipeline.instruction)
         return True
+
+    def _notify(self) -> None:
+        """systemd: the loop itself proves it is alive, frame by frame (never a side thread)."""
+        assert self.notifier is not None
+        now = time.monotonic()
+        self._status_frames += 1
+        if not self.notifier.ready_sent:
+            self.notifier.ready(f"running {self.pipeline.backend.name} on {self.source.description}")
+        self.notifier.heartbeat(now)
+        if self.notifier.status_due(now):
+            fps = self._status_frames / max(now - self._status_since, 1e-9)
+            memory = f", {self.health()}" if self.health is not None else ""
+            zeros = sum(self.safety.stops.values())
+            self.notifier.send(f"STATUS={fps:.1f} FPS{memory}, {zeros} zero commands")
+            self._status_frames, self._status_since = 0, now
 
     def _schedule(self, result: StepResult, capture_time: float) -> VelocityCommand | None:
         if self.latest is not None:
