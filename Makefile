@@ -9,12 +9,15 @@ STUBS := .cache/typestubs
 
 .PHONY: demo test test-slow lint lean-test clean system-deps
 
-# GStreamer and the headers PyGObject builds against (Debian/Ubuntu). Installs only what is missing.
+# GStreamer and the headers PyGObject builds against, and systemd-analyze (Debian/Ubuntu). Installs only what is
+# missing.
 GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gir1.2-gstreamer-1.0 \
 	gir1.2-gst-plugins-base-1.0 libgirepository1.0-dev libcairo2-dev pkg-config
+DEPLOY_PACKAGES := systemd   # systemd-analyze verify in tests/deploy (works without a running systemd)
+SYSTEM_PACKAGES := $(GST_PACKAGES) $(DEPLOY_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@missing=$$(for p in $(GST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
