@@ -22,7 +22,15 @@ import yaml
 from runtime.backend import PolicyBackend, onnx_backend
 from runtime.benchmark import ClockStatus, StageRecorder, jetson_clocks, summarize, write_plot
 from runtime.bundle import Bundle, load_bundle
-from runtime.config import BACKENDS, RUNTIME_PRECISIONS, SCHEDULE_MODES, RuntimeConfig, load_config, with_section
+from runtime.config import (
+    BACKENDS,
+    RUNTIME_PRECISIONS,
+    SCHEDULE_MODES,
+    RuntimeConfig,
+    load_config,
+    parse_config,
+    with_section,
+)
 from runtime.control import InstructionBox, open_listener
 from runtime.errors import MobileVLAError, run_cli
 from runtime.loop import LOOP_STAGES, LoopResult, OnResult, RuntimeLoop
@@ -122,7 +130,8 @@ def effective_config(args: argparse.Namespace) -> RuntimeConfig:
     config = with_section(config, "source", spec=args.source, h5_color=args.h5_color)
     config = with_section(config, "instruction", text=args.instruction, control="none" if quiet else args.control)
     config = with_section(config, "schedule", mode=args.schedule, rate_hz=args.rate_hz)
-    return with_section(config, "safety", scale=args.output_scale, limit=args.output_limit)
+    config = with_section(config, "safety", scale=args.output_scale, limit=args.output_limit)
+    return parse_config(config_as_dict(config), config.origin)  # flags get the same validation as the file
 
 
 def output_settings(config: RuntimeConfig, bundle: Bundle) -> OutputSettings:

@@ -91,3 +91,12 @@ def test_flag_overrides_replace_only_given_keys() -> None:
     changed = with_section(config, "schedule", mode="async", rate_hz=None)
     assert changed.schedule.mode == "async" and changed.schedule.ensemble_decay == 0.3
     assert with_section(config, "schedule", mode=None) is config
+
+
+def test_flags_are_validated_like_the_file(capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.cli import main
+
+    assert main(["--rate-hz", "0", "--print-config"]) == 2
+    assert "config key `schedule.rate_hz` has value 0.0; allowed: a number >= 1 <= 1000" in capsys.readouterr().err
+    assert main(["--output-limit", "-1", "--print-config"]) == 2
+    assert "config key `safety.limit` has value -1.0; allowed: a number > 0" in capsys.readouterr().err
