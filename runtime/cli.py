@@ -24,6 +24,7 @@ from runtime.benchmark import ClockStatus, StageRecorder, jetson_clocks, summari
 from runtime.bundle import Bundle, load_bundle
 from runtime.config import (
     BACKENDS,
+    CONTROL_KINDS,
     RUNTIME_PRECISIONS,
     SCHEDULE_MODES,
     RuntimeConfig,
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="chunk0: execute chunk[0] of each new chunk (RoboVLMs); ensemble: temporal ensembling; "
                              "async: a control loop publishes at --rate-hz from the newest chunk")
     parser.add_argument("--rate-hz", type=float, default=None, help="async control loop rate (default 30)")
-    parser.add_argument("--control", choices=("auto", "ros2", "udp", "none"), default=None,
+    parser.add_argument("--control", choices=CONTROL_KINDS, default=None,
                         help="how instructions change while running (default auto: ROS 2 topic when rclpy imports, "
                              "else UDP control messages on 127.0.0.1:5610; none with --benchmark/--score)")
     parser.add_argument("--frames", type=int, default=None,

@@ -47,12 +47,16 @@ def affine(action: ActionSettings, output: OutputSettings) -> tuple[np.ndarray, 
     return ((high - low) / 2 * scale).astype(np.float32), ((high + low) / 2 * scale).astype(np.float32)
 
 
-def denormalize(raw: np.ndarray, action: ActionSettings, output: OutputSettings) -> np.ndarray:
-    gain, offset = affine(action, output)
+def apply_output(raw: np.ndarray, gain: np.ndarray, offset: np.ndarray, limit: float | None) -> np.ndarray:
+    """`clip(gain · raw + offset, ±limit)` as a new float32 array."""
     values = raw * gain + offset
-    if output.limit is not None:
-        np.clip(values, -output.limit, output.limit, out=values)
+    if limit is not None:
+        np.clip(values, -limit, limit, out=values)
     return values.astype(np.float32, copy=False)
+
+
+def denormalize(raw: np.ndarray, action: ActionSettings, output: OutputSettings) -> np.ndarray:
+    return apply_output(raw, *affine(action, output), output.limit)
 
 
 class PolicyPipeline:
@@ -97,9 +101,7 @@ class PolicyPipeline:
             np.copyto(self.backend.frame[0], frame)
         out = self.backend.step()
         raw = out.actions.copy()
-        chunk = raw * self._gain + self._offset
-        if self.output.limit is not None:
-            np.clip(chunk, -self.output.limit, self.output.limit, out=chunk)
+        chunk = apply_output(raw, self._gain, self._offset, self.output.limit)
         gripper = out.gripper_logits
         timings = dict(self.backend.stage_ms)
         timings["total"] = (time.perf_counter() - t0) * 1e3

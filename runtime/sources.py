@@ -27,7 +27,6 @@ from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice, prepar
 @dataclass
 class Frame:
     index: int  # frame index within its episode
-    timestamp: float
     pixels: np.ndarray  # (S, S, C) uint8 in the bundle's frame_format
     episode: str = "synthetic"
     new_episode: bool = False
@@ -54,7 +53,7 @@ def synthetic_frame(index: int, pre: Preprocessing) -> np.ndarray:
 def synthetic_source(pre: Preprocessing, frames: int | None) -> Iterator[Frame]:
     index = 0
     while frames is None or index < frames:
-        yield Frame(index, time.time(), synthetic_frame(index, pre), new_episode=index == 0)
+        yield Frame(index, synthetic_frame(index, pre), new_episode=index == 0)
         index += 1
 
 
@@ -68,7 +67,7 @@ def h5_source(path: Path, pre: Preprocessing, color: str, frames: int | None,
         for item in iter_episode_frames(info, color, pre, action_dim):
             if frames is not None and emitted >= frames:
                 return
-            yield Frame(item.index, time.time(), item.pixels, info.name, item.index == 0, info.instruction,
+            yield Frame(item.index, item.pixels, info.name, item.index == 0, info.instruction,
                         item.action)
             emitted += 1
 

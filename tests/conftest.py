@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture
+def udp_receiver() -> Iterator[socket.socket]:
+    """A bound loopback UDP socket: what a velocity sink's receiver would be."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5.0)
+    yield sock
+    sock.close()
 
 
 @pytest.fixture(scope="session")

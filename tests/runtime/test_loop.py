@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,6 @@ from runtime.pipeline import PolicyPipeline
 from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN
 from runtime.sinks import SinkSet, open_sink
 from runtime.sources import open_source
-
-
-@pytest.fixture
-def receiver() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(5.0)
-    yield sock
-    sock.close()
 
 
 def drain(sock: socket.socket, quiet_s: float = 0.3) -> list[dict[str, object]]:
@@ -65,12 +55,12 @@ def make_loop(demo_bundle: Path, config: RuntimeConfig, sinks: list[str], frames
     return loop, box
 
 
-def test_udp_sink_gets_every_command_then_a_final_zero(demo_bundle: Path, receiver: socket.socket) -> None:
-    loop, _ = make_loop(demo_bundle, RuntimeConfig(), [sink_spec(receiver)], frames=15)
+def test_udp_sink_gets_every_command_then_a_final_zero(demo_bundle: Path, udp_receiver: socket.socket) -> None:
+    loop, _ = make_loop(demo_bundle, RuntimeConfig(), [sink_spec(udp_receiver)], frames=15)
     result = loop.run()
     loop.sinks.close()
     assert result.frames == 15 and result.exit_reason == "frame limit"
-    messages = drain(receiver)  # the sink's latest-value mailbox may drop a command in a burst, never reorder one
+    messages = drain(udp_receiver)  # the sink's latest-value mailbox may drop a command in a burst, never reorder one
     seqs = [m["seq"] for m in messages]
     assert seqs == sorted(seqs) and seqs[-1] == 16 and len(seqs) >= 12
     assert not any(m["stop"] for m in messages[:-1])
@@ -108,13 +98,13 @@ def test_instruction_change_mid_run_takes_effect_next_frame_and_tokenizes_once(
     assert encodes == ["turn right"]
 
 
-def test_no_instruction_holds_the_robot_until_one_arrives(demo_bundle: Path, receiver: socket.socket) -> None:
+def test_no_instruction_holds_the_robot_until_one_arrives(demo_bundle: Path, udp_receiver: socket.socket) -> None:
     sent = []
 
     def on_result(got: object, result: object, command: object, instruction: str) -> None:
         sent.append(command)
 
-    loop, box = make_loop(demo_bundle, RuntimeConfig(), [sink_spec(receiver)], frames=3, instruction=None,
+    loop, box = make_loop(demo_bundle, RuntimeConfig(), [sink_spec(udp_receiver)], frames=3, instruction=None,
                           on_result=on_result)
     box.offer(None, "test")  # cleared: the loop must not move
     original = loop.source.read_into
@@ -129,7 +119,7 @@ def test_no_instruction_holds_the_robot_until_one_arrives(demo_bundle: Path, rec
     loop.source.read_into = read_into  # type: ignore[method-assign]
     loop.run()
     loop.sinks.close()
-    messages = drain(receiver)  # the sink's mailbox may drop some of a fast burst, never reorder
+    messages = drain(udp_receiver)  # the sink's mailbox may drop some of a fast burst, never reorder
     reasons = [m["reason"] for m in messages]
     assert reasons[0] == NO_INSTRUCTION and reasons[-1] == SHUTDOWN
     moving = [i for i, m in enumerate(messages) if not m["stop"]]
@@ -137,20 +127,20 @@ def test_no_instruction_holds_the_robot_until_one_arrives(demo_bundle: Path, rec
     assert loop.pipeline.instruction == "go to the box" and len(sent) == 3
 
 
-def test_overrun_publishes_zero_instead_of_a_late_command(demo_bundle: Path, receiver: socket.socket) -> None:
+def test_overrun_publishes_zero_instead_of_a_late_command(demo_bundle: Path, udp_receiver: socket.socket) -> None:
     config = RuntimeConfig(safety=SafetyConfig(max_latency_s=1e-6))
-    loop, _ = make_loop(demo_bundle, config, [sink_spec(receiver)], frames=4)
+    loop, _ = make_loop(demo_bundle, config, [sink_spec(udp_receiver)], frames=4)
     result = loop.run()
     loop.sinks.close()
     assert result.stops == {OVERRUN: 4, SHUTDOWN: 1}
-    assert all(m["stop"] for m in drain(receiver))
+    assert all(m["stop"] for m in drain(udp_receiver))
 
 
-def test_async_mode_publishes_at_the_control_rate(demo_bundle: Path, receiver: socket.socket) -> None:
+def test_async_mode_publishes_at_the_control_rate(demo_bundle: Path, udp_receiver: socket.socket) -> None:
     config = RuntimeConfig(schedule=ScheduleConfig(mode="async", rate_hz=50.0, step_s=0.1),
                            source=SourceConfig(spec="test", fps=15))
     pytest.importorskip("gi")
-    loop, _ = make_loop(demo_bundle, config, [sink_spec(receiver)], frames=12)
+    loop, _ = make_loop(demo_bundle, config, [sink_spec(udp_receiver)], frames=12)
     loop.source.start()
     try:
         started = time.monotonic()
@@ -159,7 +149,7 @@ def test_async_mode_publishes_at_the_control_rate(demo_bundle: Path, receiver: s
     finally:
         loop.source.stop()
         loop.sinks.close()
-    messages = drain(receiver)
+    messages = drain(udp_receiver)
     moving = [m for m in messages if not m["stop"]]
     assert len(moving) >= 0.6 * 50 * elapsed - 5  # ~50 Hz while frames flow
     stamps = np.array([m["stamp"] for m in moving])
@@ -167,43 +157,43 @@ def test_async_mode_publishes_at_the_control_rate(demo_bundle: Path, receiver: s
     assert messages[-1]["reason"] == SHUTDOWN
 
 
-def test_sigterm_publishes_zero_before_the_process_exits(demo_bundle: Path, receiver: socket.socket) -> None:
+def test_sigterm_publishes_zero_before_the_process_exits(demo_bundle: Path, udp_receiver: socket.socket) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime", "--bundle", str(demo_bundle), "--source", "synthetic",
-         "--sink", sink_spec(receiver), "--control", "none"],
+         "--sink", sink_spec(udp_receiver), "--control", "none"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        first = json.loads(receiver.recv(65536))  # running: commands flow
+        first = json.loads(udp_receiver.recv(65536))  # running: commands flow
         assert not first["stop"]
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=20)
     finally:
         process.kill()
-    messages = drain(receiver)
+    messages = drain(udp_receiver)
     assert process.returncode == 0, err
     assert messages[-1]["stop"] and messages[-1]["reason"] == SHUTDOWN
     assert "stopped: signal SIGTERM" in err
 
 
-def test_memory_guard_stops_with_zero_and_exit_code(demo_bundle: Path, tmp_path: Path, receiver: socket.socket,
+def test_memory_guard_stops_with_zero_and_exit_code(demo_bundle: Path, tmp_path: Path, udp_receiver: socket.socket,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     config = tmp_path / "guard.yaml"
     config.write_text("monitor: {interval_s: 0.1, warn_available_mb: 1000000000, guard_available_mb: 1000000000}\n"
                       "instruction: {control: none}\n")
-    code = main(["--config", str(config), "--bundle", str(demo_bundle), "--sink", sink_spec(receiver)])
+    code = main(["--config", str(config), "--bundle", str(demo_bundle), "--sink", sink_spec(udp_receiver)])
     assert code == 3
-    messages = drain(receiver)
+    messages = drain(udp_receiver)
     assert messages[-1]["stop"] and messages[-1]["reason"] == "memory guard"
     assert "memory guard: MemAvailable" in caplog.text and "stopping before the OOM killer" in caplog.text
 
 
-def test_config_file_drives_the_run(demo_bundle: Path, tmp_path: Path, receiver: socket.socket) -> None:
+def test_config_file_drives_the_run(demo_bundle: Path, tmp_path: Path, udp_receiver: socket.socket) -> None:
     config = tmp_path / "runtime.yaml"
-    config.write_text(f"bundle: {demo_bundle}\nsinks: [{sink_spec(receiver)}]\n"
+    config.write_text(f"bundle: {demo_bundle}\nsinks: [{sink_spec(udp_receiver)}]\n"
                       "instruction: {control: none}\nsafety: {max_velocity: {linear_x: 0.01, linear_y: 0.02}}\n")
     assert main(["--config", str(config), "--frames", "6"]) == 0
-    messages = drain(receiver)
+    messages = drain(udp_receiver)
     assert messages[-1]["seq"] == 7 and messages[-1]["stop"]  # 6 frames + the final zero (none reordered)
     assert max(abs(m["linear"][0]) for m in messages) <= 0.01 + 1e-9
     assert max(abs(m["linear"][1]) for m in messages) <= 0.02 + 1e-9
@@ -217,7 +207,7 @@ def test_replaced_defaults_are_visible_in_print_config(tmp_path: Path, capsys: p
 
 
 def test_stalling_camera_zeroes_within_the_deadline_then_reconnects(demo_bundle: Path,
-                                                                     receiver: socket.socket) -> None:
+                                                                     udp_receiver: socket.socket) -> None:
     """A real GStreamer source (udpsrc) whose sender stops mid-run: zero within the frame deadline, then recovery."""
     pytest.importorskip("gi")
     import threading
@@ -228,24 +218,24 @@ def test_stalling_camera_zeroes_within_the_deadline_then_reconnects(demo_bundle:
         source = SourceConfig(spec=sender.spec, stall_timeout_s=0.3, first_frame_timeout_s=2.0, backoff_s=0.05,
                               backoff_max_s=0.2, reconnect_attempts=10)
         config = RuntimeConfig(source=source, safety=SafetyConfig(frame_deadline_s=0.2))
-        loop, _ = make_loop(demo_bundle, config, [sink_spec(receiver)], frames=None)
+        loop, _ = make_loop(demo_bundle, config, [sink_spec(udp_receiver)], frames=None)
         loop.source.start()
         runner = threading.Thread(target=loop.run)
         runner.start()
         try:
-            receiver.settimeout(5.0)
-            while json.loads(receiver.recv(65536))["stop"]:
+            udp_receiver.settimeout(5.0)
+            while json.loads(udp_receiver.recv(65536))["stop"]:
                 pass  # until the first real command
             sender.sending.clear()
             stalled_at = time.monotonic()
-            while not (message := json.loads(receiver.recv(65536)))["stop"]:
+            while not (message := json.loads(udp_receiver.recv(65536)))["stop"]:
                 stalled_at = time.monotonic()  # commands of frames still in flight
             zeroed_after = time.monotonic() - stalled_at
             assert message["reason"] == "stale frame"
             assert zeroed_after <= 0.2 + 0.1 + 0.2, zeroed_after  # deadline + one wait + scheduling slack
             time.sleep(0.5)  # long enough for the capture to give up on the pipeline and rebuild it
             sender.sending.set()
-            while json.loads(receiver.recv(65536))["stop"]:
+            while json.loads(udp_receiver.recv(65536))["stop"]:
                 pass  # zeros until frames flow again
         finally:
             loop.request_stop("test over")
@@ -256,10 +246,10 @@ def test_stalling_camera_zeroes_within_the_deadline_then_reconnects(demo_bundle:
     assert loop.safety.stops.get("stale frame", 0) >= 1
 
 
-def test_sink_recovery_sends_zero_then_ramps(demo_bundle: Path, receiver: socket.socket) -> None:
+def test_sink_recovery_sends_zero_then_ramps(demo_bundle: Path, udp_receiver: socket.socket) -> None:
     config = RuntimeConfig(safety=SafetyConfig(max_accel={"linear_x": 0.5, "linear_y": 0.5}))
     sent: list[object] = []
-    loop, _ = make_loop(demo_bundle, config, [sink_spec(receiver)], frames=6,
+    loop, _ = make_loop(demo_bundle, config, [sink_spec(udp_receiver)], frames=6,
                         on_result=lambda got, result, command, instruction: sent.append(command))
     original = loop._schedule
 

@@ -53,13 +53,6 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
 # ---------------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def udp_receiver() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(2.0)
-    yield sock
-    sock.close()
 
 
 class Pty:
