@@ -1,12 +1,12 @@
-"""`build_bundle`: checkpoint -> reference policy -> three ONNX parts -> parity -> bundle, written atomically."""
+"""`build_bundle`: checkpoint -> reference policy -> three ONNX parts -> parity -> bundle, written atomically.
+
+Where it may write and what it cleans up is output_dir.py; which tokenizer it uses, prompt_tokens.py; the reports,
+reports.py.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,22 +14,28 @@ from typing import Any
 
 import torch
 
-from build_engines.checkpoint import (
-    ImportedPolicy,
-    default_training_config,
-    import_checkpoint,
-    write_robovlms_checkpoint,
-    write_training_config,
-)
+from build_engines.checkpoint import ImportedPolicy, import_checkpoint
+from build_engines.checkpoint_writer import write_robovlms_checkpoint
 from build_engines.export import export_modules, export_part
 from build_engines.fit import FitReport, FitSettings, demo_init, fit_head
-from build_engines.int8 import GateSettings, Int8Options, Int8Result, accuracy_markdown, quantize_bundle
-from build_engines.parity import ParityReport, check_parity
-from build_engines.presets import NUM_IMAGE_TOKENS, PRESETS, TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
+from build_engines.int8 import GateSettings, Int8Options, Int8Result, quantize_bundle
+from build_engines.output_dir import build_temp_dir, check_output, remove_stale
+from build_engines.parity import ParityReport, check_parity, parity_failure
+from build_engines.presets import PRESETS, TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
+from build_engines.prompt_tokens import (
+    GENERATED,
+    TOKENIZER_FILE,
+    prompt_settings,
+    special_token_ids,
+    tokenizer_source,
+    write_tokenizer,
+)
 from build_engines.quantize import QuantSettings
 from build_engines.reference import ReferencePolicy
-from build_engines.tensorrt_build import build_bundle_engines, import_tensorrt
+from build_engines.reports import build_report, write_reports
+from build_engines.tensorrt_build import build_bundle_engines, check_workspace_mb, import_tensorrt
 from build_engines.tokenizer_gen import write_tiny_tokenizer
+from build_engines.training_config import default_training_config, write_training_config
 from calibration.sampling import SampleSettings, split_episodes
 from calibration.synthetic import SyntheticSpec, generate_episodes
 from runtime import __version__
@@ -45,10 +51,10 @@ from runtime.bundle import (
     write_manifest,
 )
 from runtime.episodes import H5_SUFFIXES, scan_episodes
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, check_range
 from runtime.paths import default_episodes_dir
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice
-from runtime.prompt import LAYOUTS, PROMPT_TEMPLATE, PromptEncoder, PromptSettings
+from runtime.prompt import LAYOUTS, PromptEncoder, PromptSettings
 from runtime.sources import synthetic_frame
 from runtime.specs import PART_NAMES, PartDims, part_specs
 
@@ -56,7 +62,11 @@ log = logging.getLogger("build_engines")
 
 DEFAULT_INSTRUCTION = "navigate around the box to the left"
 DEMO_NORMALIZATION = ActionSettings(norm_action=True, norm_min=(-1.15,), norm_max=(1.15,))
-TOKENIZER_FILE = "tokenizer.json"
+# The trunk runs at the padded prompt length every frame and its attention grows with the square of it; a robot
+# instruction is one sentence (~10-30 tokens). 512 is 16x the default and keeps the trunk's masks small.
+MAX_PROMPT_TOKENS = 512
+MAX_PARITY_FRAMES = 1000
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds: non-negative, 32 bits is what both take everywhere
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class BuildOptions:
     checkpoint: Path | None = None  # None: the embedded demo policy
     config: Path | None = None
     kosmos_dir: Path | None = None
+    tokenizer: Path | None = None  # the tokenizer.json the policy was trained with (default: kosmos_dir's)
     preset: str = "kosmos-2"
     layout: str = "robovlms"
     instruction: str = DEFAULT_INSTRUCTION
@@ -98,10 +109,22 @@ class BuildOptions:
         check_choice("preset", self.preset, PRESETS)
         if (self.checkpoint is None) != (self.config is None):
             raise MobileVLAError("--checkpoint and --config go together: pass both (or neither for the demo bundle)")
-        if self.parity_frames < 1:
-            raise MobileVLAError(f"--parity-frames must be >= 1, got {self.parity_frames}")
-        if self.max_prompt_tokens < 1:
-            raise MobileVLAError(f"--max-prompt-tokens must be >= 1, got {self.max_prompt_tokens}")
+        check_range("--max-prompt-tokens", self.max_prompt_tokens, 1, MAX_PROMPT_TOKENS,
+                    fix="the trunk is exported for this many prompt tokens and runs at that length every frame")
+        check_range("--parity-frames", self.parity_frames, 1, MAX_PARITY_FRAMES)
+        check_range("--parity-tolerance", self.parity_tolerance, 0.0, 1.0, low_open=True,
+                    fix="it is the max abs error allowed on de-normalized velocities (default 1e-4)")
+        check_range("--seed", self.seed, 0, MAX_SEED)
+        if self.workspace_mb is not None:
+            check_workspace_mb(self.workspace_mb)
+        if self.episodes is not None:
+            user_episodes("--calibration-data", self.episodes)
+
+    def inputs(self) -> list[tuple[str, Path]]:
+        """The paths this build reads, with the flag that named each: --output must never hold one."""
+        named = [("--checkpoint", self.checkpoint), ("--config", self.config), ("--kosmos-dir", self.kosmos_dir),
+                 ("--tokenizer", self.tokenizer), ("--calibration-data", self.episodes)]
+        return [(flag, path) for flag, path in named if path is not None]
 
 
 @dataclass
@@ -123,10 +146,31 @@ def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
     return seeded_policy(seed, "tiny", tiny_head(variant))
 
 
+def has_episodes(directory: Path) -> bool:
+    return directory.is_dir() and any(p.suffix in H5_SUFFIXES and p.is_file() for p in directory.iterdir())
+
+
+def user_episodes(flag: str, path: Path) -> Path:
+    """Episodes the user named must exist: nothing is ever generated into a user's directory."""
+    if not path.exists():
+        raise MobileVLAError(
+            f"{flag} {path} does not exist; pass the directory of the robot's recorded HDF5 episodes"
+        )
+    if path.is_dir() and not has_episodes(path):
+        raise MobileVLAError(
+            f"{flag} {path} holds no .h5/.hdf5 episode files; pass the directory of the robot's recorded episodes. "
+            f"(Synthetic episodes are only for the demo: without --calibration-data it generates them in its cache, "
+            f"{default_episodes_dir()})"
+        )
+    return path
+
+
 def demo_episodes(options: BuildOptions) -> Path:
     """The demo's episodes: `--calibration-data`, else synthetic ones in the cache (generated on first use)."""
-    directory = options.episodes or default_episodes_dir()
-    if not (directory.is_dir() and any(p.suffix in H5_SUFFIXES for p in directory.iterdir())):
+    if options.episodes is not None:
+        return user_episodes("--calibration-data", options.episodes)
+    directory = default_episodes_dir()
+    if not has_episodes(directory):
         spec = SyntheticSpec(episodes_per_scenario=8, seed=options.seed)
         log.info("generating %d synthetic episodes in %s", spec.episodes_per_scenario * len(spec.scenarios),
                  directory)
@@ -145,7 +189,7 @@ def demo_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, F
     pool = split_episodes(scan.episodes, options.sample).pool
     tokenizer = workdir / TOKENIZER_FILE
     write_tiny_tokenizer(tokenizer, vocab_size=TINY_VOCAB)
-    encoder = PromptEncoder(tokenizer, prompt_settings(options, tokenizer))
+    encoder = PromptEncoder(tokenizer, bundle_prompt(options, tokenizer, policy))
     fit = fit_head(policy, pool, options.episode_color, options.preprocessing, encoder, options.instruction,
                    DEMO_NORMALIZATION, options.fit)
     checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
@@ -163,7 +207,7 @@ def calibration_data(options: BuildOptions, imported: ImportedPolicy) -> Path:
         return demo_episodes(options)
     if imported.config.data_dir is not None:
         log.info("calibration data from the training config's train_dataset.data_dir: %s", imported.config.data_dir)
-        return imported.config.data_dir
+        return user_episodes("train_dataset.data_dir of the training config:", imported.config.data_dir)
     raise MobileVLAError(
         "--int8 needs the robot's HDF5 episodes to calibrate on: pass --calibration-data DIR, or set "
         "train_dataset.data_dir in the training config"
@@ -179,39 +223,10 @@ def random_policy(options: BuildOptions) -> ImportedPolicy:
     return ImportedPolicy(policy, default_training_config(head, DEMO_NORMALIZATION), None, 0, 0)
 
 
-def write_tokenizer(options: BuildOptions, stage: Path) -> str:
-    """The real tokenizer from the Kosmos-2 directory, or the generated tiny one; returns where it came from."""
-    target = stage / TOKENIZER_FILE
-    if options.kosmos_dir is not None:
-        source = options.kosmos_dir / TOKENIZER_FILE
-        if not source.is_file():
-            raise MobileVLAError(
-                f"Kosmos-2 directory {options.kosmos_dir} has no {TOKENIZER_FILE}; save it there with "
-                f"`AutoProcessor.from_pretrained(DIR).tokenizer.save_pretrained(DIR)` on a machine that has it"
-            )
-        shutil.copyfile(source, target)
-        return str(source)
-    if options.preset != "tiny":
-        log.warning("no --kosmos-dir: using the generated tiny tokenizer; prompts will NOT match a trained "
-                    "Kosmos-2 policy (fine for random-weight export tests only)")
-    write_tiny_tokenizer(target, vocab_size=TINY_VOCAB)
-    return "generated (tiny preset)"
-
-
-def prompt_settings(options: BuildOptions, tokenizer: Path) -> PromptSettings:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer))
-    found = {name: tok.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<grounding>")}
-    absent = [name for name, value in found.items() if value is None]
-    if absent:
-        raise MobileVLAError(f"tokenizer {tokenizer} lacks the Kosmos-2 special tokens {absent}")
-    ids = {name: int(value) for name, value in found.items() if value is not None}
-    return PromptSettings(
-        layout=options.layout, template=PROMPT_TEMPLATE, default_instruction=options.instruction,
-        max_prompt_tokens=options.max_prompt_tokens, num_image_tokens=NUM_IMAGE_TOKENS,
-        bos_id=ids["<s>"], eos_id=ids["</s>"], pad_id=ids["<pad>"], tokenizer_file=TOKENIZER_FILE,
-    )
+def bundle_prompt(options: BuildOptions, tokenizer: Path, policy: ReferencePolicy,
+                  label: Path | str | None = None) -> PromptSettings:
+    vocab = int(policy.backbone.text_model.model.embed_tokens.num_embeddings)
+    return prompt_settings(tokenizer, options.layout, options.instruction, options.max_prompt_tokens, vocab, label)
 
 
 def content_files(parts: dict[str, PartEntry]) -> list[str]:
@@ -259,9 +274,14 @@ def export_parts(policy: ReferencePolicy, pre: Preprocessing, prompt: PromptSett
 
 def build_bundle(options: BuildOptions) -> BuildResult:
     options.validate()
+    tokenizer = tokenizer_source(options.tokenizer, options.kosmos_dir, generated_ok=options.checkpoint is None)
+    if tokenizer is not None:
+        special_token_ids(tokenizer)  # a bad file is refused now, not after the import
+    check_output(options.output, options.inputs())  # before any work: refusing after an hour's import helps nobody
+    remove_stale(options.output)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mobile-vla-build-") as tmp:
+    with build_temp_dir() as tmp:
         if options.checkpoint is None and options.random_weights:
             imported = random_policy(options)
             source: dict[str, Any] = {"checkpoint": f"random weights ({options.preset} preset)", "seed": options.seed}
@@ -284,9 +304,10 @@ def build_bundle(options: BuildOptions) -> BuildResult:
         timings["import_s"] = round(time.perf_counter() - started, 2)
         pre = replace(options.preprocessing, image_mean=imported.config.image_mean,
                       image_std=imported.config.image_std)
-        with staged_bundle_dir(options.output) as stage:
-            source["tokenizer"] = write_tokenizer(options, stage)
-            prompt = prompt_settings(options, stage / TOKENIZER_FILE)
+        # Checked again just before the swap: the directory may have changed during the build.
+        with staged_bundle_dir(options.output, lambda: check_output(options.output, options.inputs())) as stage:
+            source.update(write_tokenizer(tokenizer, stage, options.preset))
+            prompt = bundle_prompt(options, stage / TOKENIZER_FILE, imported.policy, tokenizer or GENERATED)
             parts = export_parts(imported.policy, pre, prompt, stage, timings)
             hashes = hash_files(stage, content_files(parts))  # once: the trunk alone is gigabytes at real size
             write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, {}, source))
@@ -302,7 +323,7 @@ def build_bundle(options: BuildOptions) -> BuildResult:
                 parts = int8.parts
                 timings["int8_s"] = int8.report["seconds"]
                 hashes.update(hash_files(stage, [f for f in content_files(parts) if f not in hashes]))
-            report = build_report(options, source, parity, timings, stage, parts)
+            report = build_report(options.layout, options.instruction, source, parity, timings, stage, parts)
             reports = write_reports(stage, report, int8)
             hashes.update(hash_files(stage, list(reports.values())))
             manifest = make_manifest(imported, prompt, pre, parts, hashes, reports, source)
@@ -326,67 +347,3 @@ def run_parity(policy: ReferencePolicy, stage: Path, options: BuildOptions) -> P
     log.info("parity over %d frames in %.1f s: %s", options.parity_frames, time.perf_counter() - started,
              "passed" if report.passed else "FAILED")
     return report
-
-
-def parity_failure(parity: ParityReport) -> str:
-    failed = [f"{name} max abs err {p.stats.max_abs_err:.3g} > {p.tolerance:g}"
-              for name, p in parity.parts.items() if not p.passed]
-    return ("the exported parts do not reproduce the reference policy: " + "; ".join(failed)
-            + ". No bundle was written. This is a bug in the export unless --parity-tolerance is set too tight; "
-              "report it with the build log")
-
-
-def file_size(stage: Path, *names: str | None) -> int:
-    return sum((stage / name).stat().st_size for name in names if name)
-
-
-def build_report(options: BuildOptions, source: dict[str, Any], parity: ParityReport, timings: dict[str, float],
-                 stage: Path, parts: dict[str, PartEntry]) -> dict[str, Any]:
-    sizes = {}
-    for name, entry in parts.items():
-        sizes[name] = file_size(stage, entry.onnx, entry.external_data)
-        if entry.int8_onnx:
-            sizes[f"{name}.int8"] = file_size(stage, entry.int8_onnx, entry.int8_external_data)
-    return {
-        "source": source,
-        "layout": options.layout,
-        "parity": parity.to_dict(),
-        "timings": timings,
-        "sizes_bytes": sizes,
-        "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
-        "instruction": options.instruction,
-    }
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    parity = report["parity"]
-    lines = [
-        "# Build report",
-        "",
-        f"- source: {report['source']['checkpoint']}",
-        f"- layout: {report['layout']} (a bundle setting: it cannot be read from the checkpoint)",
-        f"- head variant: {parity['head_variant']}",
-        f"- parity: {'PASSED' if parity['passed'] else 'FAILED'} over {parity['frames']} frames (FP32, ONNX Runtime "
-        f"vs PyTorch reference)",
-        "",
-        "| part | max abs err | mean abs err | min cosine | tolerance | ok |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, p in parity["parts"].items():
-        lines.append(f"| {name} | {p['max_abs_err']:.3g} | {p['mean_abs_err']:.3g} | {p['min_cosine']:.8f} | "
-                     f"{p['tolerance']:g} | {'yes' if p['passed'] else 'NO'} |")
-    lines += ["", "| part | size |", "|---|---|"]
-    lines += [f"| {name} | {size / 1e6:.2f} MB |" for name, size in report["sizes_bytes"].items()]
-    lines += ["", "Timings: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()), ""]
-    return "\n".join(lines)
-
-
-def write_reports(stage: Path, report: dict[str, Any], int8: Int8Result | None) -> dict[str, str]:
-    (stage / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (stage / "build_report.md").write_text(report_markdown(report))
-    reports = {"build": "build_report.json", "build_readable": "build_report.md"}
-    if int8 is not None:
-        (stage / "accuracy_report.json").write_text(json.dumps(int8.report, indent=2) + "\n")
-        (stage / "accuracy_report.md").write_text(accuracy_markdown(int8.report))
-        reports.update({"accuracy": "accuracy_report.json", "accuracy_readable": "accuracy_report.md"})
-    return reports

@@ -1,13 +1,14 @@
-"""RoboVLMs checkpoint import (DESIGN §2.4) and a writer of RoboVLMs-style checkpoints for the demo and tests.
+"""RoboVLMs checkpoint import (docs/design.md §2.4). The training config is read in training_config.py; the
+RoboVLMs-style checkpoints of the demo and the tests are written by checkpoint_writer.py.
 
-Import: `torch.load(weights_only=True)` (a checkpoint is untrusted input) -> state dict -> key normalization
-(`module.`, `_forward_module.`, `model.` prefix, PEFT wrappers) -> LoRA merge -> head variant and sizes detected from
-the keys and shapes -> cross-check against the training config -> `ReferencePolicy`.
+Import: file format sniffed, then `torch.load(weights_only=True)` (a checkpoint is untrusted input) -> state dict ->
+every tensor finite -> key normalization (`module.`, `_forward_module.`, `model.` prefix, PEFT wrappers) -> LoRA
+merge -> head variant and sizes detected from the keys and shapes -> cross-check against the training config ->
+`ReferencePolicy`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from collections.abc import Mapping
@@ -20,9 +21,8 @@ from torch import Tensor
 
 from build_engines.presets import HeadConfig, kosmos_config, with_eager_attention
 from build_engines.reference import ReferencePolicy
-from runtime.bundle import ActionSettings
+from build_engines.training_config import TrainingConfig, read_training_config
 from runtime.errors import MobileVLAError
-from runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger("build_engines.checkpoint")
 
@@ -34,30 +34,6 @@ IGNORED_SUFFIXES = ("lm_head.weight", "position_ids", "embed_positions.weights")
 SHOW = 5  # how many offending keys an error message lists
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """The fields of a RoboVLMs training config this project uses."""
-
-    window_size: int
-    fwd_pred_next_n: int
-    action_dim: int
-    hidden_size: int
-    lora_enable: bool
-    lora_r: int | None
-    lora_alpha: float | None
-    action: ActionSettings
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-    raw: dict[str, Any]
-
-    @property
-    def data_dir(self) -> Path | None:
-        """The training episodes (`train_dataset.data_dir`): the default calibration data for `--int8`."""
-        dataset = self.raw.get("train_dataset")
-        value = dataset.get("data_dir") if isinstance(dataset, dict) else None
-        return Path(value) if value else None
-
-
 @dataclass
 class ImportedPolicy:
     policy: ReferencePolicy
@@ -67,65 +43,34 @@ class ImportedPolicy:
     filled_from_kosmos: int
 
 
-def default_training_config(head: HeadConfig, action: ActionSettings) -> TrainingConfig:
-    """The config a checkpoint-less (random-weight) policy is described by."""
-    return TrainingConfig(
-        window_size=head.window, fwd_pred_next_n=head.chunk, action_dim=head.action_dim, hidden_size=head.hidden_size,
-        lora_enable=False, lora_r=None, lora_alpha=None, action=action, image_mean=CLIP_MEAN, image_std=CLIP_STD,
-        raw={},
-    )
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, or its type when it has no message (EOFError on an empty file has none)."""
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
-def _require(data: Mapping[str, Any], path: str, source: Path) -> Any:
-    node: Any = data
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise MobileVLAError(
-                f"training config {source} has no `{path}`; it is required. Use the JSON the checkpoint was trained "
-                f"with (RoboVLMs writes it next to the run)"
-            )
-        node = node[part]
-    return node
-
-
-def _triple(values: Any, key: str, source: Path) -> tuple[float, float, float]:
-    if not isinstance(values, list | tuple) or len(values) != 3:
-        raise MobileVLAError(f"training config {source}: `{key}` must be a list of 3 numbers, got {values!r}")
-    return (float(values[0]), float(values[1]), float(values[2]))
-
-
-def _as_tuple(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value) if isinstance(value, list | tuple) else (float(value),)
-
-
-def read_training_config(path: Path) -> TrainingConfig:
-    if not path.is_file():
-        raise MobileVLAError(f"training config {path} does not exist; pass --config with the run's JSON config")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MobileVLAError(f"training config {path} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise MobileVLAError(f"training config {path} must hold a JSON object")
-    setup = raw.get("train_setup") or {}
-    lora = bool(setup.get("lora_enable", False))
-    norm = bool(raw.get("norm_action", False))
-    return TrainingConfig(
-        window_size=int(_require(raw, "window_size", path)),
-        fwd_pred_next_n=int(_require(raw, "fwd_pred_next_n", path)),
-        action_dim=int(_require(raw, "act_head.action_dim", path)),
-        hidden_size=int(_require(raw, "act_head.hidden_size", path)),
-        lora_enable=lora,
-        lora_r=int(_require(raw, "train_setup.lora_r", path)) if lora else None,
-        lora_alpha=float(_require(raw, "train_setup.lora_alpha", path)) if lora else None,
-        action=ActionSettings(
-            norm_action=norm,
-            norm_min=_as_tuple(_require(raw, "norm_min", path)) if norm else (-1.0,),
-            norm_max=_as_tuple(_require(raw, "norm_max", path)) if norm else (1.0,),
-        ),
-        image_mean=_triple(raw.get("image_mean", list(CLIP_MEAN)), "image_mean", path),
-        image_std=_triple(raw.get("image_std", list(CLIP_STD)), "image_std", path),
-        raw=raw,
+def sniff_format(path: Path) -> None:
+    """Refuse files that are not PyTorch checkpoints before torch.load can misreport them (a JSON file fails the
+    weights-only unpickler and would read as "pickled code"). torch.save writes a zip archive; the legacy format
+    is a pickle (protocol 2+ starts with 0x80)."""
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head:
+        raise MobileVLAError(
+            f"checkpoint {path} is empty (0 bytes): the copy or the training run's save was cut short. Copy the "
+            f"checkpoint again"
+        )
+    if head.startswith(b"PK\x03\x04") or head[0] == 0x80:
+        return
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        kind = "a JSON file (the training config? it goes to --config)"
+    elif len(head) > 9 and head[8:10] == b'{"':
+        kind = "a safetensors file (re-save it with torch.save({'state_dict': state_dict}, path))"
+    else:
+        kind = f"an unknown format (it starts with {head[:8]!r})"
+    raise MobileVLAError(
+        f"checkpoint {path} is not a PyTorch checkpoint: it is {kind}. Pass the .ckpt/.pt file torch.save wrote"
     )
 
 
@@ -138,21 +83,21 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
         )
     if not path.is_file():
         raise MobileVLAError(f"checkpoint {path} does not exist; pass --checkpoint with a .ckpt/.pt file")
+    sniff_format(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text:
+        if "Weights only load failed" in str(exc):
             raise MobileVLAError(
                 f"checkpoint {path} contains pickled code or objects other than tensors and plain containers, which "
                 f"this tool refuses to execute (weights_only). Re-save only the weights, e.g. "
                 f"torch.save({{'state_dict': model.state_dict()}}, path)"
             ) from exc
-        raise MobileVLAError(f"checkpoint {path} is not a PyTorch checkpoint ({text.splitlines()[0]})") from exc
-    except Exception as exc:  # torch.load raises many types (RuntimeError, IndexError, zip errors) on non-checkpoints
+        raise MobileVLAError(f"checkpoint {path} is not a PyTorch checkpoint ({first_line(exc)})") from exc
+    except Exception as exc:  # torch.load raises many types (RuntimeError, EOFError, zip errors) on broken files
         raise MobileVLAError(
-            f"checkpoint {path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); is it truncated "
-            f"or another format?"
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({first_line(exc)}); is it truncated or another "
+            f"format? Copy it again or re-save it with torch.save"
         ) from exc
     if not isinstance(loaded, dict):
         raise MobileVLAError(f"checkpoint {path} holds a {type(loaded).__name__}, expected a dict of tensors")
@@ -165,7 +110,29 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
         raise MobileVLAError(
             f"checkpoint {path} has no tensors under `state_dict`, `model_state_dict` or its top level"
         )
+    check_finite(tensors, f"checkpoint {path}")
     return tensors
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> list[str]:
+    """`name (k NaN, j inf of n)` for every floating tensor holding a NaN or an infinity."""
+    found = []
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        nans = int(torch.isnan(tensor).sum())
+        found.append(f"{name} ({nans} NaN, {int(torch.isinf(tensor).sum())} inf of {tensor.numel()})")
+    return found
+
+
+def check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
+    """Refuse NaN/inf weights: every output of the policy would be NaN, and NaN passes comparisons silently."""
+    bad = non_finite(tensors)
+    if bad:
+        raise MobileVLAError(
+            f"{source} has tensors with NaN or infinite values: {_listing(bad)}. The training run diverged or the "
+            f"file is damaged; use an earlier checkpoint of the run"
+        )
 
 
 def normalize_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -335,102 +302,9 @@ def import_checkpoint(
             f"checkpoint {checkpoint} has keys this policy does not have: {_listing(unexpected)}. Is it a RoboVLMs "
             f"Kosmos-2 policy with an LSTM head, and does --preset/--kosmos-dir match its backbone?"
         )
+    check_finite({k: v for k, v in state.items() if k in expected},
+                 f"checkpoint {checkpoint} after the LoRA merge" + (f" and {kosmos_dir}" if kosmos_dir else ""))
     policy.load_state_dict({k[len("model."):]: v.float() for k, v in state.items() if k in expected}, strict=False)
     log.info("imported %s: head %s (LSTM %d×%d), %d LoRA layers merged, %d tensors from the Kosmos-2 directory",
              checkpoint, head.variant, head.num_layers, head.hidden_size, merged, filled)
     return ImportedPolicy(policy.eval(), config, checkpoint, merged, filled)
-
-
-def write_training_config(path: Path, head: HeadConfig, lora_r: int, lora_alpha: float,
-                          action: ActionSettings) -> None:
-    """A RoboVLMs-style training config JSON matching a written checkpoint."""
-    config = {
-        "model": "kosmos",
-        "window_size": head.window,
-        "fwd_pred_next_n": head.chunk,
-        "act_head": {
-            "type": "MobileVLALSTMDecoder" if head.variant == "velocities" else "LSTMDecoder",
-            "hidden_size": head.hidden_size,
-            "action_dim": head.action_dim,
-            "down_sample": "none",
-            "latent": 1,
-            "window_size": 1,
-            "fwd_pred_next_n": 1,
-        },
-        "train_setup": {"lora_enable": True, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.05},
-        "norm_action": action.norm_action,
-        "norm_min": list(action.norm_min) if len(action.norm_min) > 1 else action.norm_min[0],
-        "norm_max": list(action.norm_max) if len(action.norm_max) > 1 else action.norm_max[0],
-        "image_size": 224,
-        "image_mean": list(CLIP_MEAN),
-        "image_std": list(CLIP_STD),
-    }
-    path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def is_lora_target(name: str, module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
-
-
-def lora_factors(policy: ReferencePolicy, lora_r: int, seed: int) -> dict[str, tuple[Tensor, Tensor]]:
-    """Deterministic random LoRA factors `(A [r, in], B [out, r])` for every target layer of the backbone."""
-    generator = torch.Generator().manual_seed(seed)
-    factors = {}
-    for name, module in policy.backbone.named_modules():
-        if is_lora_target(name, module):
-            assert isinstance(module, torch.nn.Linear)
-            lora_a = torch.randn(lora_r, module.in_features, generator=generator) * 0.02
-            lora_b = torch.randn(module.out_features, lora_r, generator=generator) * 0.02
-            factors[name] = (lora_a, lora_b)
-    return factors
-
-
-def lora_base_state(policy: ReferencePolicy, factors: Mapping[str, tuple[Tensor, Tensor]],
-                    scale: float) -> dict[str, Tensor]:
-    """The backbone's state with every LoRA target's weight replaced by its base `W - scale·B@A`."""
-    state = {}
-    for key, value in policy.backbone.state_dict().items():
-        module, _, leaf = key.rpartition(".")
-        if module in factors and leaf == "weight":
-            lora_a, lora_b = factors[module]
-            value = value - scale * (lora_b @ lora_a)
-        state[key] = value.detach().clone()
-    return state
-
-
-def write_robovlms_checkpoint(
-    policy: ReferencePolicy, path: Path, lora_r: int = 4, lora_alpha: float = 8.0, include_frozen: bool = True,
-    seed: int = 0,
-) -> None:
-    """Save `policy` as RoboVLMs would: Lightning layout, PEFT-wrapped backbone with un-merged LoRA tensors.
-
-    Each LoRA target `W` is split into `base = W - (alpha/r)·B@A` plus random `A`, `B`, so importing (which merges)
-    must give back exactly `policy`. With `include_frozen=False` the backbone's frozen tensors are left out (only
-    LoRA, head and action token are saved): they must come from the Kosmos-2 directory `write_kosmos_dir` writes.
-    """
-    factors = lora_factors(policy, lora_r, seed)
-    state: dict[str, Tensor] = {}
-    for module, (lora_a, lora_b) in factors.items():
-        state[f"{PEFT_BACKBONE}{module}.lora_A.default.weight"] = lora_a
-        state[f"{PEFT_BACKBONE}{module}.lora_B.default.weight"] = lora_b
-    if include_frozen:
-        for key, value in lora_base_state(policy, factors, lora_alpha / lora_r).items():
-            if key.endswith(IGNORED_SUFFIXES):
-                continue
-            module, _, leaf = key.rpartition(".")
-            wrapped = f"{module}.base_layer.{leaf}" if module in factors else key
-            state[PEFT_BACKBONE + wrapped] = value
-    for key, value in policy.act_head.state_dict().items():
-        state[f"model.act_head.{key}"] = value.detach().clone()
-    state["model.action_token"] = policy.action_token.detach().clone()
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.2.0"}, path)
-
-
-def write_kosmos_dir(policy: ReferencePolicy, path: Path, lora_r: int = 4, lora_alpha: float = 8.0,
-                     seed: int = 0) -> None:
-    """The local 'Kosmos-2 directory' (HF layout) that a frozen-base checkpoint written with the same LoRA
-    settings and seed was trained from."""
-    factors = lora_factors(policy, lora_r, seed)
-    backbone = type(policy.backbone)(policy.backbone.config)
-    backbone.load_state_dict(lora_base_state(policy, factors, lora_alpha / lora_r))
-    backbone.save_pretrained(str(path))

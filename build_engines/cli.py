@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from build_engines.quantize import CALIBRATION_METHODS, DEFAULT_OP_TYPES
@@ -16,6 +20,7 @@ if TYPE_CHECKING:
     from build_engines.build import BuildResult
 
 log = logging.getLogger("build_engines")
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,18 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--kosmos-dir", type=Path,
                      help="local Kosmos-2 directory (HF layout) for frozen weights absent from the checkpoint and "
                           "for tokenizer.json; nothing is downloaded")
+    src.add_argument("--tokenizer", type=Path, default=None,
+                     help="the tokenizer.json the policy was trained with (default: the one in --kosmos-dir). A "
+                          "--checkpoint build needs one of the two; its sha256 is recorded in the manifest")
     src.add_argument("--preset", default="kosmos-2", help="backbone shapes when no --kosmos-dir: kosmos-2 | tiny")
     src.add_argument("--random-weights", action="store_true",
                      help="no checkpoint: random weights at --preset's shapes, to test export and latency at real "
                           "size (the velocities mean nothing); needs --output")
     out = parser.add_argument_group("bundle")
     out.add_argument("--output", type=Path, default=None,
-                     help=f"bundle directory (required with --checkpoint; demo default: {default_bundle_dir()})")
+                     help=f"bundle directory (required with --checkpoint; demo default: {default_bundle_dir()}). "
+                          f"It is replaced whole, so it must be new, empty, or a previous bundle; anything else is "
+                          f"refused")
     out.add_argument("--layout", default="robovlms",
                      help="prompt layout the checkpoint was trained with: robovlms | mobilevla_fallback")
     out.add_argument("--instruction", default=None, help="default instruction stored in the bundle")
     out.add_argument("--max-prompt-tokens", type=int, default=32,
-                     help="longest prompt (template + instruction, in tokens) the trunk accepts (default 32)")
+                     help="longest prompt (template + instruction, in tokens) the trunk accepts (default 32, at most "
+                          "512: the trunk runs at this padded length every frame and its attention grows with its "
+                          "square; an instruction is one sentence)")
     out.add_argument("--resize", choices=tuple(RESIZE_FILTERS), default="bilinear",
                      help="PIL resize filter used in training (default bilinear: the Mobile VLA dataset class)")
     out.add_argument("--color-order", choices=COLOR_ORDERS, default="rgb",
@@ -53,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument("--int8", action="store_true",
                       help="also write Q/DQ INT8 parts, gated on held-out episodes (accuracy_report.md in the bundle)")
     int8.add_argument("--calibration-data", type=Path, default=None,
-                      help="directory of HDF5 episodes (default: the training config's train_dataset.data_dir; the "
-                           "demo uses its synthetic episodes)")
+                      help="directory of HDF5 episodes; it must hold episodes (default: the training config's "
+                           "train_dataset.data_dir; the demo uses synthetic episodes it generates in its cache)")
     int8.add_argument("--episode-color", choices=("bgr", "rgb"), default="bgr",
                       help="channel order of the stored images (default bgr: the robot's recorder stores bgr8)")
     int8.add_argument("--calibration-frames", type=int, default=64,
-                      help="frames sampled across scenarios, episodes and positions (default 64)")
+                      help="frames sampled across scenarios, episodes and positions (>= 1, default 64)")
     int8.add_argument("--held-out", type=float, default=0.25,
-                      help="fraction of each scenario's episodes kept out of calibration for the gate (default 0.25)")
+                      help="fraction of each scenario's episodes kept out of calibration for the gate (between 0 "
+                           "and 1, default 0.25)")
     int8.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
                       help="activation range estimator (default minmax)")
     int8.add_argument("--quantize-ops", default=",".join(DEFAULT_OP_TYPES),
@@ -69,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated node-name substrings kept in float (default image_to_text_projection; "
                            "'' quantizes everything the op types cover)")
     int8.add_argument("--gate-mae", type=float, default=0.02,
-                      help="max chunk[0] mean abs error INT8 vs FP32 on held-out frames (default 0.02)")
+                      help="max chunk[0] mean abs error INT8 vs FP32 on held-out frames (in (0, 1], default 0.02)")
     int8.add_argument("--gate-sign", type=float, default=0.98,
-                      help="min chunk[0] sign agreement INT8 vs FP32 (default 0.98)")
+                      help="min chunk[0] sign agreement INT8 vs FP32 (in (0, 1], default 0.98)")
     int8.add_argument("--gate-cosine", type=float, default=0.99,
-                      help="min per-part mean cosine similarity INT8 vs FP32 (default 0.99)")
+                      help="min per-part mean cosine similarity INT8 vs FP32 (in (0, 1], default 0.99); a NaN "
+                           "output fails the gate")
     int8.add_argument("--on-gate-failure", choices=("fallback", "stop"), default="fallback",
                       help="a failing part falls back to FP16 with a warning in the manifest, or the build stops "
                            "(default fallback)")
@@ -84,26 +98,51 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--no-engines", action="store_true", help="do not build engines even where TensorRT is installed")
     trt.add_argument("--force-engines", action="store_true", help="rebuild engines that are already current")
     trt.add_argument("--workspace-mb", type=int, default=None,
-                     help="TensorRT workspace pool (default and cap: 50%% of the memory available at build time)")
+                     help="TensorRT workspace pool in MB, >= 1 (default and cap: 50%% of the memory available at "
+                          "build time)")
     check = parser.add_argument_group("checks")
-    check.add_argument("--parity-frames", type=int, default=12, help="frames in the parity episode (default 12)")
+    check.add_argument("--parity-frames", type=int, default=12,
+                       help="frames in the parity episode (1-1000, default 12)")
     check.add_argument("--parity-tolerance", type=float, default=1e-4,
-                       help="max abs error allowed on de-normalized velocities (default 1e-4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the demo policy's weights")
+                       help="max abs error allowed on de-normalized velocities (in (0, 1], default 1e-4); NaN or inf "
+                            "outputs always fail")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the demo policy's weights and of the sampling "
+                                                            "(0 to 2**32-1)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("build_engines", args.verbose, lambda: run(args))
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGINT, interrupt_once) if in_main_thread else None
+    try:
+        return run_cli("build_engines", args.verbose, lambda: run(args))
+    except KeyboardInterrupt:
+        # The staging and temporary directories were removed on the way out (context managers); a build killed
+        # harder leaves them to the next build's clean-up (output_dir.remove_stale).
+        kept = "the bundle's manifest is unchanged" if args.engines_only else (
+            "no bundle was written and --output is unchanged")
+        print(f"build_engines: interrupted; {kept}", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_once(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C stops the build; further ones are ignored so they cannot cut its clean-up short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def run_engines_only(args: argparse.Namespace) -> int:
-    from build_engines.tensorrt_build import build_bundle_engines
+    from build_engines.tensorrt_build import build_bundle_engines, check_workspace_mb
 
     if args.bundle is None:
         raise MobileVLAError("--engines-only needs --bundle DIR (the bundle copied to this device)")
+    if args.workspace_mb is not None:
+        check_workspace_mb(args.workspace_mb)
     report = build_bundle_engines(args.bundle, args.workspace_mb, args.force_engines)
     print(engines_summary(report, args.bundle))
     return 0
@@ -155,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.checkpoint is None:
         if args.config is not None or args.kosmos_dir is not None:
             raise MobileVLAError("--config/--kosmos-dir need --checkpoint; without it the demo bundle is built")
+        if args.tokenizer is not None:
+            raise MobileVLAError("--tokenizer needs --checkpoint (or --random-weights); the demo bundle keeps the "
+                                 "generated tokenizer its policy was fitted with")
         print("No --checkpoint given: building the embedded demo bundle (tiny preset fitted to synthetic episodes, "
               "written as a RoboVLMs-style checkpoint and imported through the real path).")
         output = args.output or default_bundle_dir()
@@ -167,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         config=args.config,
         kosmos_dir=args.kosmos_dir,
+        tokenizer=args.tokenizer,
         preset=args.preset,
         layout=args.layout,
         instruction=args.instruction or DEFAULT_INSTRUCTION,
@@ -187,8 +230,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(result: BuildResult) -> str:
     """What was built, sizes, accuracy, where; and what to run next."""
-    from build_engines.build import report_markdown
-    from build_engines.int8 import accuracy_markdown
+    from build_engines.reports import accuracy_markdown, report_markdown
     from build_engines.tensorrt_build import device_command
 
     text = report_markdown(result.report)

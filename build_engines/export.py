@@ -9,7 +9,6 @@ Parity against the reference (parity.py) proves the re-statement is exact.
 from __future__ import annotations
 
 import logging
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from build_engines.graph_passes import clean_graph, has_external_data, save_model
+from build_engines.output_dir import build_temp_dir
 from build_engines.reference import ReferencePolicy
 from runtime.preprocess import Preprocessing, model_channel_indices
 from runtime.prompt import PromptSettings, image_offset
@@ -126,7 +126,7 @@ def example_inputs(spec: PartSpec) -> tuple[Tensor, ...]:
 def export_part(module: nn.Module, spec: PartSpec, path: Path) -> str | None:
     """Trace-export one part, clean the graph, save it; returns the external data file name, if any."""
     module.eval()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with build_temp_dir() as tmp, warnings.catch_warnings():  # named for output_dir.remove_stale
         # The tracer warns about Python-level shape checks; shapes are fixed by design, so they are constants.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # Batch is fixed at 1 and the LSTM's initial state is zero by definition (DESIGN §2.3): nothing to heed.

@@ -6,11 +6,15 @@ inputs so errors do not compound). Then the end-to-end gate runs held-out episod
 pipeline twice, FP32 and as deployed, and compares chunk[0] (MAE, max, sign agreement). A part that fails falls
 back to FP16 with a warning in the manifest (`--on-gate-failure fallback`), or the build stops (`stop`); when the
 end-to-end gate fails, the INT8 part with the lowest cosine falls back first, until the gate passes.
+
+Every gate comparison is NaN-aware: a NaN or inf output, cosine or error FAILS its gate (`cosine()` of a NaN output
+is NaN, and NaN must not drop out of `min`/`max` on the way to a comparison).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -36,7 +40,7 @@ from calibration.sampling import FrameRef, SampleSettings, sample_frames, split_
 from runtime.backend import OnnxRuntimeBackend
 from runtime.bundle import Bundle, PartEntry
 from runtime.episodes import DatasetScan, EpisodeInfo, iter_episode_frames, scan_episodes
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, check_range
 from runtime.pipeline import PolicyPipeline
 from runtime.preprocess import COLOR_ORDERS, check_choice
 from runtime.prompt import PromptEncoder
@@ -67,11 +71,14 @@ class GateSettings:
 
     def validate(self) -> None:
         check_choice("--on-gate-failure", self.on_failure, GATE_FAILURE_ACTIONS)
-        if not (self.mae > 0 and 0 < self.sign_agreement <= 1 and 0 < self.cosine <= 1 and self.part_frames > 0):
-            raise MobileVLAError(
-                f"gate thresholds out of range: mae {self.mae} (> 0), sign agreement {self.sign_agreement} and "
-                f"cosine {self.cosine} (in (0, 1]), part frames {self.part_frames} (> 0)"
-            )
+        check_range("--gate-mae", self.mae, 0.0, 1.0, low_open=True,
+                    fix="it is the chunk[0] mean abs error allowed INT8 vs FP32, in velocity units (default 0.02)")
+        check_range("--gate-sign", self.sign_agreement, 0.0, 1.0, low_open=True,
+                    fix="it is a fraction of frames (default 0.98)")
+        check_range("--gate-cosine", self.cosine, 0.0, 1.0, low_open=True,
+                    fix="it is a cosine similarity (default 0.99)")
+        check_range("gate dead band", self.dead_band, 0.0, 1.0)
+        check_range("gate part frames", self.part_frames, 1)
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,14 @@ def part_gate(fp32: Runner, int8: Runner, feeds: Sequence[Feed], threshold: floa
     for feed in feeds:
         want, got = fp32.infer(feed), int8.infer(feed)
         values += [cosine(got[name], want[name]) for name in want]
-    mean = float(np.mean(values))
-    return PartGate(mean, float(np.min(values)), len(feeds), mean >= threshold)
+    mean = float(np.mean(values)) if values else math.nan  # np.mean/np.min propagate a NaN cosine
+    low = float(np.min(values)) if values else math.nan
+    return PartGate(mean, low, len(feeds), math.isfinite(mean) and math.isfinite(low) and mean >= threshold)
+
+
+def gate_rank(gate: PartGate) -> float:
+    """The weakest part falls back first; a NaN cosine is the weakest of all."""
+    return gate.cosine_mean if math.isfinite(gate.cosine_mean) else -math.inf
 
 
 def chunk0_episodes(bundle: Bundle, runners: Mapping[str, OnnxRuntimeRunner], episodes: Sequence[EpisodeInfo],
@@ -276,8 +289,10 @@ def end_to_end_gate(bundle: Bundle, q: Quantizer, gates: Mapping[str, PartGate],
         runners = {name: q.int8[name] if name in int8_parts else q.fp32[name] for name in PART_NAMES}
         deployed = chunk0_episodes(bundle, runners, held_out, options.color, "gate: INT8 episodes")
         scores: Scores = score(deployed, reference, gate.dead_band)
-        passed = scores.mae <= gate.mae and scores.direction >= gate.sign_agreement
-        result = {"passed": passed, "mae": scores.mae, "max_abs_err": scores.max_abs_err,
+        finite = bool(np.isfinite(deployed).all() and np.isfinite(reference).all())
+        passed = (finite and math.isfinite(scores.mae) and scores.mae <= gate.mae
+                  and math.isfinite(scores.direction) and scores.direction >= gate.sign_agreement)
+        result = {"passed": passed, "finite": finite, "mae": scores.mae, "max_abs_err": scores.max_abs_err,
                   "sign_agreement": scores.direction, "frames": scores.frames, "episodes": len(held_out),
                   "int8_parts": list(int8_parts), "per_axis": scores.to_dict()["axes"]}
         log.info("end-to-end gate with INT8 %s: chunk[0] MAE %.4f, max %.4f, sign agreement %.1f%%: %s",
@@ -285,7 +300,7 @@ def end_to_end_gate(bundle: Bundle, q: Quantizer, gates: Mapping[str, PartGate],
                  "passed" if passed else "FAILED")
         if passed or not int8_parts or gate.on_failure == "stop":
             return result, fallbacks
-        weakest = min(int8_parts, key=lambda n: gates[n].cosine_mean)
+        weakest = min(int8_parts, key=lambda n: gate_rank(gates[n]))
         int8_parts = [n for n in int8_parts if n != weakest]
         fallbacks.append(weakest)
 
@@ -309,44 +324,3 @@ def dataset_report(options: Int8Options, scan: DatasetScan, pool: Sequence[Episo
         "calibration_pool": [e.name for e in pool],
         "held_out": [e.name for e in held_out],
     }
-
-
-def accuracy_markdown(report: dict[str, Any]) -> str:
-    """The accuracy report as a readable page (accuracy_report.md in the bundle)."""
-    gate, data = report["gate"], report["dataset"]
-    limits = gate["thresholds"]
-    e2e = gate["end_to_end"]
-    lines = [
-        "# INT8 accuracy report",
-        "",
-        f"- calibration data: {data['path']} ({data['episodes']} episodes, {data['frames']} frames, "
-        f"{len(data['skipped'])} skipped; scenarios {', '.join(data['scenarios'])})",
-        f"- split: {len(data['calibration_pool'])} calibration episodes, {len(data['held_out'])} held out (never "
-        f"calibrated on); {report['sample']['calibration_frames']} calibration frames "
-        f"{report['sample']['per_scenario']}",
-        f"- quantization: {report['quantization']['tool']}, {report['quantization']['method']} ranges, "
-        f"symmetric INT8, per-channel weights, Q/DQ on {', '.join(report['quantization']['op_types'])} inputs",
-        f"- calibration + gate time: {report['seconds']} s",
-        "",
-        "| part | precision | cosine mean | cosine min | held-out samples | gate (≥ {}) |".format(limits["cosine"]),
-        "|---|---|---|---|---|---|",
-    ]
-    for name, part in gate["parts"].items():
-        lines.append(f"| {name} | {report['precision'][name]} | {part['cosine_mean']:.5f} | {part['cosine_min']:.5f} "
-                     f"| {part['samples']} | {'pass' if part['passed'] else 'FAIL'} |")
-    lines += [
-        "",
-        f"End to end over {e2e['episodes']} held-out episodes ({e2e['frames']} frames), chunk[0] INT8 vs FP32, "
-        f"INT8 parts {', '.join(e2e['int8_parts']) or 'none'}:",
-        "",
-        "| metric | value | limit | ok |",
-        "|---|---|---|---|",
-        f"| MAE | {e2e['mae']:.5f} | ≤ {limits['mae']} | {'yes' if e2e['mae'] <= limits['mae'] else 'NO'} |",
-        f"| max abs err | {e2e['max_abs_err']:.5f} | | |",
-        f"| sign agreement (dead band ±{limits['dead_band']}) | {e2e['sign_agreement']:.2%} | ≥ "
-        f"{limits['sign_agreement']:.0%} | {'yes' if e2e['sign_agreement'] >= limits['sign_agreement'] else 'NO'} |",
-        "",
-    ]
-    if report["warnings"]:
-        lines += ["Warnings:", ""] + [f"- {w}" for w in report["warnings"]] + [""]
-    return "\n".join(lines)

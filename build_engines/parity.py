@@ -1,7 +1,12 @@
-"""Parity: ONNX Runtime vs the PyTorch reference, per part and end to end through the real runtime pipeline."""
+"""Parity: ONNX Runtime vs the PyTorch reference, per part and end to end through the real runtime pipeline.
+
+Every comparison is NaN-aware: `max(0.0, nan)` is 0.0 and `nan <= tol` is False, so a NaN output could otherwise
+read as a perfect match. An output (got or wanted) holding NaN or inf fails its part, whatever the tolerance.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -23,12 +28,16 @@ class ErrorStats:
     mean_abs_err: float = 0.0
     min_cosine: float = 1.0
     samples: int = 0
+    non_finite: int = 0  # compared outputs (got or wanted) that held NaN or inf
 
     def add(self, got: np.ndarray, want: np.ndarray) -> None:
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        self.max_abs_err = max(self.max_abs_err, float(diff.max()))
+        if not (np.isfinite(got).all() and np.isfinite(want).all()):
+            self.non_finite += 1
+        # np.fmax/np.maximum semantics matter here: builtin max() drops a NaN that comes second.
+        self.max_abs_err = float(np.maximum(self.max_abs_err, diff.max()))
         self.mean_abs_err = (self.mean_abs_err * self.samples + float(diff.mean())) / (self.samples + 1)
-        self.min_cosine = min(self.min_cosine, cosine(got, want))
+        self.min_cosine = float(np.minimum(self.min_cosine, cosine(got, want)))
         self.samples += 1
 
 
@@ -39,7 +48,8 @@ class PartParity:
 
     @property
     def passed(self) -> bool:
-        return self.stats.max_abs_err <= self.tolerance
+        stats = self.stats
+        return stats.non_finite == 0 and math.isfinite(stats.max_abs_err) and stats.max_abs_err <= self.tolerance
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self.stats), "tolerance": self.tolerance, "passed": self.passed}
@@ -114,3 +124,20 @@ def check_parity(policy: ReferencePolicy, bundle: Bundle, frames: Sequence[np.nd
     parts["end_to_end"] = PartParity(end_to_end, tolerance)
     parts["chunk0"] = PartParity(first, tolerance)
     return ParityReport(parts, len(frames), manifest.prompt.layout, manifest.policy.head_variant)
+
+
+def parity_failure(parity: ParityReport) -> str:
+    failed = [part_failure(name, p) for name, p in parity.parts.items() if not p.passed]
+    if any(p.stats.non_finite for p in parity.parts.values()):
+        return ("parity FAILED: outputs hold NaN or inf: " + "; ".join(failed) + ". No bundle was written. The "
+                "weights or the training config's normalization produce non-finite values; check the checkpoint "
+                "and the config")
+    return ("the exported parts do not reproduce the reference policy: " + "; ".join(failed)
+            + ". No bundle was written. This is a bug in the export unless --parity-tolerance is set too tight; "
+              "report it with the build log")
+
+
+def part_failure(name: str, part: PartParity) -> str:
+    if part.stats.non_finite:
+        return f"{name}: {part.stats.non_finite} of {part.stats.samples} outputs non-finite"
+    return f"{name} max abs err {part.stats.max_abs_err:.3g} > {part.tolerance:g}"

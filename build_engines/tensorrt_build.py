@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.bundle import Bundle, PartEntry, load_bundle, sha256_file, write_manifest
 from runtime.cuda_support import DeviceInfo, cuda_device, device_command, import_tensorrt
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, check_range
 
 if TYPE_CHECKING:  # type-checked against tensorrt-stubs (make lint installs them); imported lazily at run time
     import tensorrt as trt
@@ -37,6 +37,7 @@ TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
 ENGINE_REPORT = "engine_build_report.json"
 WORKSPACE_SHARE = 0.5  # of MemAvailable: the builder also holds the weights and tactics' scratch outside the pool
 MIN_WORKSPACE = 256 << 20
+MAX_WORKSPACE_MB = 1 << 20  # 1 TiB: more than any device this builds on
 
 
 def memory_available() -> int:
@@ -46,6 +47,11 @@ def memory_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise MobileVLAError("/proc/meminfo has no MemAvailable line; pass --workspace-mb explicitly")
+
+
+def check_workspace_mb(requested_mb: int) -> None:
+    check_range("--workspace-mb", requested_mb, 1, MAX_WORKSPACE_MB,
+                fix="it is the TensorRT workspace pool in MB; leave it out for 50% of the available memory")
 
 
 def workspace_limit(requested_mb: int | None, available: int) -> int:

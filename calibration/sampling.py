@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.episodes import EpisodeInfo
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, check_range
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,10 @@ class SampleSettings:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.frames < 1:
-            raise MobileVLAError(f"calibration frames must be >= 1, got {self.frames}")
-        if not 0.0 < self.held_out_fraction < 1.0:
-            raise MobileVLAError(
-                f"held-out fraction must be between 0 and 1 (exclusive), got {self.held_out_fraction}"
-            )
+        check_range("--calibration-frames", self.frames, 1, fix="it is the number of frames sampled for calibration")
+        check_range("--held-out", self.held_out_fraction, 0.0, 1.0, low_open=True, high_open=True,
+                    fix="it is the fraction of each scenario's episodes kept out of calibration (default 0.25)")
+        check_range("--seed", self.seed, 0)
 
 
 @dataclass(frozen=True)

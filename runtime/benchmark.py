@@ -10,6 +10,7 @@ import resource
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -183,8 +184,8 @@ def summarize(recorder: StageRecorder, warmup: int, wall_s: float, backend: str,
     return BenchmarkReport(recorder.count, warmup, wall_s, fps, stages, backend, source, jitter, peak_rss_mb())
 
 
-def write_plot(recorder: StageRecorder, report: BenchmarkReport, path: Path) -> None:
-    """Per-frame latency of every stage and the capture-to-command latency distribution, as a PNG."""
+def import_pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or the error that says how to install it."""
     try:
         import matplotlib
 
@@ -192,6 +193,12 @@ def write_plot(recorder: StageRecorder, report: BenchmarkReport, path: Path) -> 
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise MobileVLAError("--plot needs matplotlib: pip install 'mobile-vla-edge[plot]' (or matplotlib)") from exc
+    return plt
+
+
+def write_plot(recorder: StageRecorder, report: BenchmarkReport, path: Path) -> None:
+    """Per-frame latency of every stage and the capture-to-command latency distribution, as a PNG."""
+    plt = import_pyplot()
     figure, (timeline, histogram) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     for stage in ("total", "vision", "trunk", "head", "capture_wait", "host"):
         if stage in recorder.stages:

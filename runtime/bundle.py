@@ -1,8 +1,10 @@
-"""The bundle format, defined once (DESIGN §3): a directory with `manifest.json`, ONNX parts, tokenizer, reports.
+"""The bundle format, defined once (docs/design.md §3): a directory with `manifest.json`, ONNX parts, tokenizer,
+reports.
 
-`load_bundle` validates on load (format version, every listed file present, sha256) and refuses a bad bundle with a
-message that says how to fix it. `staged_bundle_dir` makes writes atomic: a build writes into a hidden sibling
-directory and swaps it in only when complete, so a failed build never leaves a bundle that looks complete.
+`load_bundle` validates on load (format version, action and preprocessing values in range, every listed file
+present, sha256) and refuses a bad bundle with a message that says how to fix it. `staged_bundle_dir` makes writes
+atomic: a build writes into a hidden sibling directory and swaps it in only when complete, so a failed build never
+leaves a bundle that looks complete.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptSettings
 from runtime.specs import HEAD_VARIANTS, PART_NAMES, PartSpec
+from runtime.value_checks import action_problems
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -243,8 +246,21 @@ def load_bundle(root: Path, verify_hashes: bool = True) -> Bundle:
         raise MobileVLAError(
             f"{manifest_path} is missing or has a malformed entry ({type(exc).__name__}: {exc}); rebuild the bundle"
         ) from exc
+    check_values(manifest_path, manifest)
     check_files(root, manifest, verify_hashes)
     return Bundle(root, manifest)
+
+
+def check_values(manifest_path: Path, manifest: Manifest) -> None:
+    """Refuse action or preprocessing settings that would make every command wrong (NaN, a flipped sign, a
+    division by zero) before anything runs on them."""
+    problems = [f"action.{p}" for p in action_problems(manifest.action, manifest.policy.action_dim)]
+    problems += [f"preprocessing.{p}" for p in manifest.preprocessing.value_problems()]
+    if problems:
+        raise MobileVLAError(
+            f"{manifest_path} has settings out of range: {'; '.join(problems)}. The bundle is damaged or was built "
+            f"from a bad training config; fix the config and rebuild the bundle with build_engines"
+        )
 
 
 def check_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:
@@ -280,16 +296,28 @@ def hash_files(root: Path, names: list[str]) -> dict[str, str]:
     return {name: sha256_file(root / name) for name in sorted(names)}
 
 
+def staging_name(final_name: str, pid: int) -> str:
+    """The staging directory of a build of `final_name` by process `pid` (a later build removes it once `pid` is
+    gone: build_engines/output_dir.py)."""
+    return f".{final_name}.staging-{pid}"
+
+
+def retired_name(final_name: str, pid: int) -> str:
+    """Where the previous bundle is moved during the swap, for the moment between the two renames."""
+    return f".{final_name}.old-{pid}"
+
+
 @contextlib.contextmanager
-def staged_bundle_dir(final: Path) -> Iterator[Path]:
+def staged_bundle_dir(final: Path, before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory beside `final`; on success swap it in, on error remove it.
 
     The manifest is the last file a build writes, and the swap is a rename, so readers see either the old
-    complete bundle or the new complete one.
+    complete bundle or the new complete one. `before_swap` runs just before the swap (a build re-checks there
+    that what it replaces is still only a bundle); whatever it raises leaves `final` untouched.
     """
     final = Path(final).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+    staging = final.parent / staging_name(final.name, os.getpid())
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
@@ -297,7 +325,9 @@ def staged_bundle_dir(final: Path) -> Iterator[Path]:
         yield staging
         if not (staging / MANIFEST_NAME).is_file():
             raise RuntimeError(f"bug: staged bundle {staging} has no manifest")
-        retired = final.parent / f".{final.name}.old-{os.getpid()}"
+        if before_swap is not None:
+            before_swap()
+        retired = final.parent / retired_name(final.name, os.getpid())
         if final.exists():
             os.replace(final, retired)
         os.replace(staging, final)

@@ -6,16 +6,18 @@ Sources (`--source` specs):
 - `v4l2:/dev/videoN`: a USB/UVC camera (`v4l2src`), scaled and converted on the CPU.
 - `file:PATH`: any video GStreamer decodes; clock-synced by default so a file behaves like a camera.
 - `test`: `videotestsrc` (live, a moving ball) at the sensor mode and frame rate; needs no hardware.
-- `gst:DESCRIPTION`: the user's own source description (e.g. `rtspsrc ... ! decodebin`); the tail is appended.
+- `gst:DESCRIPTION`: the user's own source description (e.g. `rtspsrc ... ! decodebin`); the tail is appended. Live
+  (GStreamer: no preroll) it is a camera, whose end of stream is a failure; non-live it ends like a file.
 
 Every frame arrives as the `(S, S, C)` uint8 frame of `Preprocessing.frame_format`, the layout `prepare_frame` would
 produce from the same RGB image. The resize is the scaler's (VIC or `videoscale`), not PIL's: camera frames are not
 bit-identical to `prepare_frame`'s antialiased bilinear resize of the same picture, only close.
 
-Buffers are mapped with `gst_buffer_map` through ctypes and copied exactly once, into the caller's array. Stalls and
-pipeline errors are repaired by tearing the pipeline down and rebuilding it with exponential backoff; `read_into`
-never blocks much longer than its timeout, because the caller's deadman (stop the robot when frames are late)
-depends on it. PyGObject and GStreamer are imported lazily: `runtime` imports on machines without them.
+Buffers are mapped with `gst_buffer_map` through ctypes and copied exactly once, into the caller's array. Stalls,
+pipeline errors and a live source's end of stream are repaired by tearing the pipeline down and rebuilding it with
+exponential backoff; `read_into` never blocks much longer than its timeout, because the caller's deadman (stop the
+robot when frames are late) depends on it. PyGObject and GStreamer are imported lazily: `runtime` imports on
+machines without them.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class CaptureSettings:
     reconnect_attempts: int = 5  # consecutive failed reconnects before giving up
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
+    healthy_run_s: float = 30.0  # a live source that ends the stream sooner after a reconnect: a failed attempt
     file_sync: bool = True  # file: play at the file's own rate (like a camera); False: as fast as frames are read
     file_loop: bool = False
 
@@ -80,7 +83,7 @@ class CaptureSettings:
             problems.append(f"fps must be positive, got {self.fps}")
         if not 0 <= self.flip_method <= 7:
             problems.append(f"flip_method must be 0..7 (nvvidconv numbering), got {self.flip_method}")
-        for name in ("frame_deadline_s", "stall_timeout_s", "first_frame_timeout_s"):
+        for name in ("frame_deadline_s", "stall_timeout_s", "first_frame_timeout_s", "healthy_run_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.reconnect_attempts < 0:
@@ -391,6 +394,7 @@ class GstCapture:
         self._failed_reconnects = 0
         self._reconnects = 0
         self._failing_since: float | None = None
+        self._live_ends = 0  # live runs in a row that ended the stream, each within healthy_run_s of its start
 
     # -- public API --
 
@@ -440,7 +444,8 @@ class GstCapture:
             raise
         self._started = True
         self._run_started_at = time.monotonic()
-        log.info("capture %s started: %s", self._spec.label, self._description)
+        log.info("capture %s started (%s): %s", self._spec.label, "live" if self._live else "not live",
+                 self._description)
 
     def stop(self) -> None:
         """Pipeline to NULL (idempotent). CSI gets an EOS first: Argus needs a clean stop or its daemon may wedge."""
@@ -531,15 +536,16 @@ class GstCapture:
     def _reconnect(self) -> None:
         self._reconnects += 1
         log.warning("capture %s: reconnect attempt %d/%d (%d reconnects in total)", self._spec.label,
-                    self._failed_reconnects + 1, self._settings.reconnect_attempts, self._reconnects)
+                    self._failed + 1, self._settings.reconnect_attempts, self._reconnects)
         self._build()
         self._run_started_at = time.monotonic()
         if self._pipeline.set_state(_gst().Gst.State.PLAYING) == _gst().Gst.StateChangeReturn.FAILURE:
             self._fail(self._poll_bus() or "the pipeline failed to restart")
 
-    def _fail(self, problem: str) -> None:
+    def _fail(self, problem: str, live_ends: int = 0) -> None:
         """Tear down; schedule the next attempt with exponential backoff, or raise when attempts are used up."""
         now = time.monotonic()
+        self._live_ends = live_ends
         was_streaming = self._streaming
         self._teardown()
         if was_streaming:
@@ -550,19 +556,27 @@ class GstCapture:
             self._failed_reconnects += 1
         # A file does not heal, and rebuilding it would replay frames the caller has seen: no reconnects.
         attempts = 0 if self._spec.kind == "file" else self._settings.reconnect_attempts
-        if self._failed_reconnects >= attempts:
+        failed = self._failed
+        if failed >= attempts:
             assert self._failing_since is not None
             given_up = ("a file is not reopened" if self._spec.kind == "file" else
-                        f"gave up after {self._failed_reconnects} failed reconnect attempts over "
-                        f"{now - self._failing_since:.1f} s")
+                        f"gave up after {failed} failed reconnect attempts over {now - self._failing_since:.1f} s")
+            if live_ends > 1:
+                given_up = (f"gave up after {failed} reconnects in a row that each ended the stream again within "
+                            f"{self._settings.healthy_run_s:g} s")
             raise CaptureError(
                 f"capture source {self._spec.label!r} failed: {problem}; {given_up} ({self._index} frames delivered "
                 f"before). {_failure_hint(self._spec)}"
             )
-        delay = min(self._settings.backoff_s * 2**self._failed_reconnects, self._settings.backoff_max_s)
+        delay = min(self._settings.backoff_s * 2**failed, self._settings.backoff_max_s)
         self._next_attempt_at = now + delay
         log.warning("capture %s: %s (%d frames so far, %d failed reconnects); reconnecting in %.2f s",
-                    self._spec.label, problem, self._index, self._failed_reconnects, delay)
+                    self._spec.label, problem, self._index, failed, delay)
+
+    @property
+    def _failed(self) -> int:
+        """Failed reconnect attempts in a row; a reconnect whose live run ended again soon is one of them."""
+        return max(self._failed_reconnects, self._live_ends - 1)
 
     def _stalled(self, now: float) -> bool:
         """Fail the run when frames stopped (or never came); True when the pipeline was torn down."""
@@ -595,7 +609,10 @@ class GstCapture:
         return problem
 
     def _on_eos(self) -> None:
-        if self._spec.kind in ("file", "gst"):
+        """A file, or a `gst:` source that prerolled (GStreamer: not live), ends the run (exit 0). A live source that
+        ends is a failure: reconnect, then CaptureError (exit 2: systemd's Restart=on-failure restarts the service);
+        a reconnect that ends again within healthy_run_s is a failed attempt, though it delivered frames."""
+        if self._spec.kind == "file" or (self._spec.kind == "gst" and not self._live):
             if self._settings.file_loop and self._spec.kind == "file":
                 gst = _gst().Gst
                 if self._pipeline.seek_simple(gst.Format.TIME, gst.SeekFlags.FLUSH | gst.SeekFlags.KEY_UNIT, 0):
@@ -603,10 +620,14 @@ class GstCapture:
                     self._last_frame_at = time.monotonic()
                     return
                 log.warning("capture %s: seeking back to the start failed; the file ends here", self._spec.label)
+            log.info("capture %s: end of stream from a %s after %d frames: the source ends here", self._spec.label,
+                     "file" if self._spec.kind == "file" else "non-live source (it prerolled)", self._index)
             self._ended = True
             self._teardown()
             return
-        self._fail("the source ended the stream (end of stream from a live camera)")
+        quick = time.monotonic() - self._run_started_at < self._settings.healthy_run_s
+        ends = self._live_ends + 1 if quick else 1
+        self._fail("the live source ended the stream" + (f" ({ends} times in a row)" if ends > 1 else ""), ends)
 
     # -- frames --
 

@@ -6,22 +6,20 @@ import argparse
 import gc
 import json
 import logging
-import signal
 import sys
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
-import numpy as np
 import yaml
 
-from runtime.backend import PolicyBackend, onnx_backend
+from runtime.backend import PolicyBackend
+from runtime.backend_select import choose_backend
 from runtime.benchmark import ClockStatus, StageRecorder, jetson_clocks, summarize, write_plot
 from runtime.bundle import Bundle, load_bundle
+from runtime.cli_checks import check_outputs, count_type
 from runtime.config import (
     BACKENDS,
     CONTROL_KINDS,
@@ -32,20 +30,16 @@ from runtime.config import (
     parse_config,
     with_section,
 )
-from runtime.control import InstructionBox, open_listener
 from runtime.errors import MobileVLAError, run_cli
-from runtime.loop import LOOP_STAGES, LoopResult, OnResult, RuntimeLoop
-from runtime.monitor import HealthMonitor, MonitorSettings
-from runtime.notify import SystemdNotifier
+from runtime.loop import LOOP_STAGES
 from runtime.paths import default_bundle_dir
-from runtime.pipeline import OutputSettings, PolicyPipeline, StepResult
-from runtime.safety import MEMORY_GUARD
-from runtime.scoring import Scores, score, scores_table
-from runtime.sinks import SinkSet, VelocityCommand, open_sink
-from runtime.sources import SOURCE_FORMS, CaptureResult, open_source
+from runtime.pipeline import StepResult
+from runtime.score_episodes import score_runs
+from runtime.sinks import VelocityCommand
+from runtime.sources import SOURCE_FORMS, CaptureResult
+from runtime.wiring import MEMORY_GUARD_EXIT, run_policy
 
 log = logging.getLogger("runtime")
-MEMORY_GUARD_EXIT = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", choices=CONTROL_KINDS, default=None,
                         help="how instructions change while running (default auto: ROS 2 topic when rclpy imports, "
                              "else UDP control messages on 127.0.0.1:5610; none with --benchmark/--score)")
-    parser.add_argument("--frames", type=int, default=None,
+    parser.add_argument("--frames", type=count_type(1), default=None,
                         help="stop after this many policy frames (default: until the source ends or a signal; "
                              "200 after warm-up with --benchmark)")
     parser.add_argument("--output", default=None,
@@ -97,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmark", action="store_true",
                         help="warm up, then time every stage over --frames frames: p50/p90/p99/max, FPS, jitter, "
                              "capture-to-command latency, peak memory, monitor readings, Jetson clocks")
-    parser.add_argument("--warmup", type=int, default=10, help="benchmark warm-up frames, not timed (default 10)")
+    parser.add_argument("--warmup", type=count_type(0), default=10,
+                        help="benchmark warm-up frames, not timed (default 10)")
     parser.add_argument("--json", type=Path, default=None,
                         help="write the benchmark report (or, with --score, the scores) as JSON to this file")
     parser.add_argument("--plot", type=Path, default=None, help="benchmark: write a latency plot (PNG) here")
@@ -135,51 +130,6 @@ def effective_config(args: argparse.Namespace) -> RuntimeConfig:
     return parse_config(config_as_dict(config), config.origin)  # flags get the same validation as the file
 
 
-def output_settings(config: RuntimeConfig, bundle: Bundle) -> OutputSettings:
-    action = bundle.manifest.action
-    return OutputSettings(
-        scale=action.output_scale if config.safety.scale is None else config.safety.scale,
-        limit=action.output_limit if config.safety.limit is None else config.safety.limit,
-    )
-
-
-def onnx_precision(wanted: str, bundle: Bundle) -> str:
-    if wanted == "fp16":
-        raise MobileVLAError("--precision fp16 runs on TensorRT only; ONNX Runtime runs fp32 or int8 (use "
-                             "--backend tensorrt on a Jetson, or --precision fp32/int8)")
-    if wanted == "int8" and not bundle.manifest.has_int8:
-        raise MobileVLAError(f"bundle {bundle.root} has no INT8 parts; build it with `build_engines --int8`, or use "
-                             f"--precision fp32")
-    if wanted == "auto":
-        return "int8" if bundle.manifest.has_int8 else "fp32"
-    return wanted
-
-
-def tensorrt_precision(wanted: str, bundle: Bundle) -> str:
-    if wanted == "fp32":
-        raise MobileVLAError("TensorRT engines are fp16 or int8; use --precision fp16/int8/auto, or --backend "
-                             "onnxruntime for fp32")
-    if wanted == "auto":
-        return "int8" if bundle.manifest.has_int8 else "fp16"
-    return wanted
-
-
-def choose_backend(config: RuntimeConfig, bundle: Bundle) -> PolicyBackend:
-    """TensorRT when asked for or when auto finds runnable engines; else ONNX Runtime. The choice is logged."""
-    from runtime import tensorrt_backend
-
-    if config.precision == "fp32" and config.backend == "auto":
-        log.info("backend onnxruntime (--precision fp32: TensorRT engines are fp16/int8)")
-    else:
-        precision = tensorrt_precision(config.precision, bundle)
-        if tensorrt_backend.choose_backend(config.backend, bundle, precision).backend == "tensorrt":
-            # load_bundle has already hashed the engine files when verification is on
-            return tensorrt_backend.open_tensorrt_backend(bundle, precision, verify=False)
-    backend = onnx_backend(bundle, onnx_precision(config.precision, bundle), config.threads)
-    log.info("running %s", backend.name)
-    return backend
-
-
 def record_json(got: CaptureResult, result: StepResult, command: VelocityCommand | None,
                 instruction: str) -> str:
     record: dict[str, object] = {
@@ -206,83 +156,10 @@ def open_output(stack: ExitStack, target: str | None) -> TextIO | None:
         return None
     if target == "-":
         return sys.stdout
-    return stack.enter_context(Path(target).open("w"))
-
-
-@contextmanager
-def stop_on_signals(loop: RuntimeLoop) -> Iterator[None]:
-    """SIGTERM/SIGINT end the loop after the current frame; the loop then publishes zero before the process exits."""
-    def handler(number: int, frame: FrameType | None) -> None:
-        loop.request_stop(f"signal {signal.Signals(number).name}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def initial_instruction(config: RuntimeConfig, bundle: Bundle) -> str | None:
-    text = config.instruction.text
-    if text is None and config.instruction.use_bundle_default:
-        return bundle.manifest.prompt.default_instruction
-    return text
-
-
-def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, args: argparse.Namespace,
-               recorder: StageRecorder | None = None, on_result: OnResult | None = None,
-               frames: int | None = None, require_actions: bool = False) -> tuple[LoopResult, dict[str, object]]:
-    """Everything the robot runs, wired together; returns when the source ends, a limit, a signal or the memory guard
-    stops it, with the health monitor's summary."""
-    manifest = bundle.manifest
-    monitor_summary: dict[str, object] = {}
-    with ExitStack() as stack:
-        stack.enter_context(backend)
-        instruction = initial_instruction(config, bundle)
-        pipeline = PolicyPipeline(bundle, backend, instruction, output_settings(config, bundle),
-                                  config.instruction.over_long)
-        box = InstructionBox(instruction)
-        source = open_source(config.source, manifest.preprocessing, frames, require_actions,
-                             manifest.policy.action_dim)
-        sinks = SinkSet([open_sink(spec) for spec in config.sinks])
-        replay_instructions = config.source.spec.startswith("h5:") and config.instruction.text is None
-        notifier = SystemdNotifier()
-        stack.callback(notifier.close)
-        loop = RuntimeLoop(config, pipeline, source, sinks, box, recorder, args.warmup if args.benchmark else 0,
-                           frames, on_result, replay_instructions, notifier)
-        sinks.on_recovered = loop.on_sink_recovered
-        stack.callback(sinks.close)
-        sinks.start()
-        listener = open_listener(config.instruction, box)
-        if listener is not None:
-            stack.callback(listener.close)
-            listener.start()
-        monitor = None
-        if config.monitor.enabled:
-            settings = MonitorSettings(**{k: v for k, v in vars(config.monitor).items() if k != "enabled"})
-            monitor = HealthMonitor(settings, lambda message: loop.request_stop(message, MEMORY_GUARD_EXIT,
-                                                                                 MEMORY_GUARD))
-            stack.enter_context(monitor)
-            loop.health = lambda: memory_status(monitor)
-        stack.callback(source.stop)
-        source.start()
-        log.info("running %s on %s (%s schedule, sinks: %s)", bundle.root, source.description,
-                 config.schedule.mode, ", ".join(config.sinks) or "none")
-        with stop_on_signals(loop):
-            result = loop.run()
-        if monitor is not None:
-            monitor_summary = monitor.summary()
-    log.info("stopped: %s after %d frames; zero commands: %s", result.exit_reason, result.frames,
-             result.stops or "none")
-    return result, monitor_summary
-
-
-def memory_status(monitor: HealthMonitor) -> str:
-    reading = monitor.latest
-    if reading is None:
-        return "memory not read yet"
-    return f"RSS {reading.rss_mb:.0f} MB, MemAvailable {reading.mem_available_mb:.0f} MB"
+        return stack.enter_context(Path(target).open("w"))
+    except OSError as exc:
+        raise MobileVLAError(f"cannot open --output {target}: {exc.strerror}; write elsewhere") from exc
 
 
 def config_as_dict(config: RuntimeConfig) -> dict[str, object]:
@@ -307,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     frames = args.frames if args.frames is not None else (args.warmup + 200 if args.benchmark else None)
     if args.benchmark and frames is not None and frames <= args.warmup:
         raise MobileVLAError(f"--frames {frames} leaves nothing to time after --warmup {args.warmup}; raise --frames")
+    check_outputs(args)
     bundle = load_bundle(config.bundle or default_bundle_dir(), verify_hashes=config.verify_bundle)
     log.info("config: %s", config.origin)
     if args.score:
@@ -320,7 +198,11 @@ def run(args: argparse.Namespace) -> int:
         if output is not None:
             def on_result(got: CaptureResult, result: StepResult, command: VelocityCommand | None,
                           instruction: str) -> None:
-                output.write(record_json(got, result, command, instruction) + "\n")
+                try:
+                    output.write(record_json(got, result, command, instruction) + "\n")
+                except OSError as exc:  # disk full, a closed pipe: the loop sends the zero, then we stop
+                    raise MobileVLAError(f"cannot write the per-frame records to --output {args.output}: "
+                                         f"{exc.strerror or exc}; the robot was stopped") from exc
         result, _ = run_policy(config, bundle, backend, args, None, on_result, frames)
     if result.frames == 0 and result.exit_reason == "end of source":
         raise MobileVLAError(f"source {config.source.spec} delivered no frames")
@@ -382,40 +264,6 @@ class AllocationTrace:
         if tracemalloc.is_tracing():
             tracemalloc.stop()
         return (self._end - self._start) / 1024.0
-
-
-def score_runs(args: argparse.Namespace, config: RuntimeConfig, bundle: Bundle, frames: int | None) -> int:
-    if args.precision is None and config.precision == "auto" and bundle.manifest.has_int8:
-        runs = ["fp32", "int8"]
-    else:
-        runs = [onnx_precision(config.precision, bundle)]
-    results = {precision: score_run(args, config, bundle, precision, frames) for precision in runs}
-    print(f"chunk[0] vs recorded actions, {config.source.spec[3:]}:")
-    print(scores_table(results))
-    if args.json is not None:
-        args.json.write_text(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2) + "\n")
-        print(f"scores JSON written to {args.json}")
-    return 0
-
-
-def score_run(args: argparse.Namespace, config: RuntimeConfig, bundle: Bundle, precision: str,
-              frames: int | None) -> Scores:
-    """The real runtime loop over recorded episodes (ONNX Runtime); chunk[0] against each frame's recorded action."""
-    dim = bundle.manifest.policy.action_dim
-    predicted: list[np.ndarray] = []
-    recorded: list[np.ndarray] = []
-
-    def collect(got: CaptureResult, result: StepResult, command: VelocityCommand | None, instruction: str) -> None:
-        assert got.recorded_action is not None  # require_actions: the reader refused episodes without them
-        predicted.append(result.velocity[:dim].copy())
-        recorded.append(got.recorded_action[:dim])
-
-    backend = onnx_backend(bundle, precision, config.threads)
-    result, _ = run_policy(config, bundle, backend, args, None, collect, frames, require_actions=True)
-    if result.frames == 0:
-        raise MobileVLAError(f"source {config.source.spec} delivered no frames to score")
-    log.info("scored %d frames with the %s graphs", result.frames, precision)
-    return score(np.stack(predicted), np.stack(recorded))
 
 
 def main(argv: list[str] | None = None) -> int:

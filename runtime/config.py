@@ -23,6 +23,14 @@ RUNTIME_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 SCHEDULE_MODES = ("chunk0", "ensemble", "async")
 CONTROL_KINDS = ("auto", "ros2", "udp", "none")
 MONITOR_SOURCES = ("auto", "jtop", "tegrastats", "proc")
+# Upper bounds. Every number must be finite: `frame_deadline_s: .inf` would switch the deadman off.
+MAX_OUTPUT_SCALE = 10.0  # the team's server used 1.15; a larger gain is a typo, not a tuning
+MAX_VELOCITY = 10.0  # m/s or rad/s: far above any small mobile base
+MAX_ACCEL = 100.0  # per s²
+MAX_DEADLINE_S = 5.0  # a deadman that waits longer than this is no deadman
+MAX_TIMEOUT_S = 600.0
+MAX_BACKOFF_S = 3600.0
+MAX_MEMORY_MB = 1e9  # only "finite": a guard test sets the thresholds above any real memory
 
 
 @dataclass(frozen=True)
@@ -117,13 +125,13 @@ def _number(key: str, value: object, low: float | None = None, high: float | Non
         raise config_error(key, value, _range_text(kind, low, high, exclusive_low))
     number = float(value)
     too_low = low is not None and (number <= low if exclusive_low else number < low)
-    if math.isnan(number) or too_low or (high is not None and number > high):
+    if not math.isfinite(number) or too_low or (high is not None and number > high):
         raise config_error(key, value, _range_text(kind, low, high, exclusive_low))
     return number
 
 
 def _range_text(kind: str, low: float | None, high: float | None, exclusive_low: bool) -> str:
-    parts = [kind]
+    parts = [kind if kind == "an integer" else "a finite number"]
     if low is not None:
         parts.append(f"{'>' if exclusive_low else '>='} {low:g}")
     if high is not None:
@@ -151,7 +159,7 @@ def _text(key: str, value: object, optional: bool = False) -> str | None:
     return value
 
 
-def _axes(key: str, value: object) -> dict[str, float]:
+def _axes(key: str, value: object, high: float) -> dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -159,7 +167,7 @@ def _axes(key: str, value: object) -> dict[str, float]:
     limits = {}
     for axis, limit in value.items():
         _choice(f"{key}.{axis}", axis, AXES)
-        limits[str(axis)] = _number(f"{key}.{axis}", limit, 0.0, exclusive_low=True)
+        limits[str(axis)] = _number(f"{key}.{axis}", limit, 0.0, high, exclusive_low=True)
     return limits
 
 
@@ -190,24 +198,30 @@ def _check_keys(section: str, data: dict[str, Any], cls: type) -> None:
 def parse_source(data: dict[str, Any]) -> SourceConfig:
     c = SourceConfig()
     k = "source."
-    return SourceConfig(
+    config = SourceConfig(
         spec=_text(k + "spec", data.get("spec", c.spec)) or c.spec,
         h5_color=_choice(k + "h5_color", data.get("h5_color", c.h5_color), ("bgr", "rgb")),
         sensor_mode=_sensor_mode(k + "sensor_mode", data.get("sensor_mode", list(c.sensor_mode))),
         fps=int(_number(k + "fps", data.get("fps", c.fps), 1, 240, integer=True)),
         flip_method=int(_number(k + "flip_method", data.get("flip_method", c.flip_method), 0, 7, integer=True)),
         stall_timeout_s=_number(k + "stall_timeout_s", data.get("stall_timeout_s", c.stall_timeout_s), 0.0,
-                                exclusive_low=True),
+                                MAX_TIMEOUT_S, exclusive_low=True),
         first_frame_timeout_s=_number(k + "first_frame_timeout_s",
                                       data.get("first_frame_timeout_s", c.first_frame_timeout_s), 0.0,
-                                      exclusive_low=True),
+                                      MAX_TIMEOUT_S, exclusive_low=True),
         reconnect_attempts=int(_number(k + "reconnect_attempts", data.get("reconnect_attempts",
-                                                                          c.reconnect_attempts), 0, integer=True)),
-        backoff_s=_number(k + "backoff_s", data.get("backoff_s", c.backoff_s), 0.0),
-        backoff_max_s=_number(k + "backoff_max_s", data.get("backoff_max_s", c.backoff_max_s), 0.0),
+                                                                          c.reconnect_attempts), 0, 10_000,
+                                       integer=True)),
+        backoff_s=_number(k + "backoff_s", data.get("backoff_s", c.backoff_s), 0.0, MAX_TIMEOUT_S),
+        backoff_max_s=_number(k + "backoff_max_s", data.get("backoff_max_s", c.backoff_max_s), 0.0,
+                              MAX_BACKOFF_S),
         file_sync=_bool(k + "file_sync", data.get("file_sync", c.file_sync)),
         file_loop=_bool(k + "file_loop", data.get("file_loop", c.file_loop)),
     )
+    if config.backoff_max_s < config.backoff_s:
+        raise config_error(k + "backoff_max_s", config.backoff_max_s,
+                           f"at least source.backoff_s ({config.backoff_s:g}): the backoff doubles up to it")
+    return config
 
 
 def parse_instruction(data: dict[str, Any]) -> InstructionConfig:
@@ -229,9 +243,9 @@ def parse_schedule(data: dict[str, Any]) -> ScheduleConfig:
     k = "schedule."
     return ScheduleConfig(
         mode=_choice(k + "mode", data.get("mode", c.mode), SCHEDULE_MODES),
-        ensemble_decay=_number(k + "ensemble_decay", data.get("ensemble_decay", c.ensemble_decay), 0.0),
+        ensemble_decay=_number(k + "ensemble_decay", data.get("ensemble_decay", c.ensemble_decay), 0.0, 100.0),
         rate_hz=_number(k + "rate_hz", data.get("rate_hz", c.rate_hz), 1.0, 1000.0),
-        step_s=_number(k + "step_s", data.get("step_s", c.step_s), 0.0, exclusive_low=True),
+        step_s=_number(k + "step_s", data.get("step_s", c.step_s), 0.0, 10.0, exclusive_low=True),
     )
 
 
@@ -240,14 +254,14 @@ def parse_safety(data: dict[str, Any]) -> SafetyConfig:
     k = "safety."
     scale, limit = data.get("scale"), data.get("limit")
     return SafetyConfig(
-        scale=None if scale is None else _number(k + "scale", scale, 0.0, exclusive_low=True),
-        limit=None if limit is None else _number(k + "limit", limit, 0.0, exclusive_low=True),
-        max_velocity=_axes(k + "max_velocity", data.get("max_velocity")),
-        max_accel=_axes(k + "max_accel", data.get("max_accel")),
+        scale=None if scale is None else _number(k + "scale", scale, 0.0, MAX_OUTPUT_SCALE, exclusive_low=True),
+        limit=None if limit is None else _number(k + "limit", limit, 0.0, MAX_VELOCITY, exclusive_low=True),
+        max_velocity=_axes(k + "max_velocity", data.get("max_velocity"), MAX_VELOCITY),
+        max_accel=_axes(k + "max_accel", data.get("max_accel"), MAX_ACCEL),
         frame_deadline_s=_number(k + "frame_deadline_s", data.get("frame_deadline_s", c.frame_deadline_s), 0.0,
-                                 exclusive_low=True),
+                                 MAX_DEADLINE_S, exclusive_low=True),
         max_latency_s=_number(k + "max_latency_s", data.get("max_latency_s", c.max_latency_s), 0.0,
-                              exclusive_low=True),
+                              MAX_DEADLINE_S, exclusive_low=True),
     )
 
 
@@ -258,11 +272,12 @@ def parse_monitor(data: dict[str, Any]) -> MonitorConfig:
         enabled=_bool(k + "enabled", data.get("enabled", c.enabled)),
         interval_s=_number(k + "interval_s", data.get("interval_s", c.interval_s), 0.05, 60.0),
         source=_choice(k + "source", data.get("source", c.source), MONITOR_SOURCES),
-        warn_available_mb=_number(k + "warn_available_mb", data.get("warn_available_mb", c.warn_available_mb), 0.0),
+        warn_available_mb=_number(k + "warn_available_mb", data.get("warn_available_mb", c.warn_available_mb), 0.0,
+                                  MAX_MEMORY_MB),
         guard_available_mb=_number(k + "guard_available_mb", data.get("guard_available_mb",
-                                                                      c.guard_available_mb), 0.0),
+                                                                      c.guard_available_mb), 0.0, MAX_MEMORY_MB),
         warn_temp_c=_number(k + "warn_temp_c", data.get("warn_temp_c", c.warn_temp_c), 0.0, 150.0),
-        warn_swap_mb=_number(k + "warn_swap_mb", data.get("warn_swap_mb", c.warn_swap_mb), 0.0),
+        warn_swap_mb=_number(k + "warn_swap_mb", data.get("warn_swap_mb", c.warn_swap_mb), 0.0, MAX_MEMORY_MB),
     )
     if config.guard_available_mb > config.warn_available_mb:
         raise config_error(k + "guard_available_mb", config.guard_available_mb,
@@ -311,15 +326,35 @@ def load_config(path: Path | None) -> RuntimeConfig:
             return RuntimeConfig()
         path = SYSTEM_CONFIG
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MobileVLAError(f"cannot read config file {path}: {exc.strerror}; pass an existing YAML file to "
                              f"--config") from exc
+    except UnicodeDecodeError as exc:
+        raise MobileVLAError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
+                             f"UTF-8 YAML") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise MobileVLAError(f"config file {path} is not valid YAML: {exc}") from exc
     return parse_config(data, str(path))
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, but a key given twice in one mapping is an error: YAML would silently keep the last one,
+    and a safety limit written twice (one of them forgotten) must not be resolved by position."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"the key {key!r} is given twice (first at line {seen[key].start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
 
 
 def with_section(config: RuntimeConfig, section: str, **changes: Any) -> RuntimeConfig:

@@ -93,6 +93,9 @@ class Episode:
             raise MobileVLAError(f"{self.path}: `images` has shape {images.shape}; expected (N, H, W, 3) uint8")
         if images.shape[0] == 0:
             raise MobileVLAError(f"{self.path}: `images` holds no frames")
+        if images.shape[1] == 0 or images.shape[2] == 0:
+            raise MobileVLAError(f"{self.path}: `images` has shape {images.shape}: frames of {images.shape[1]}x"
+                                 f"{images.shape[2]} pixels hold no picture; expected (N, H, W, 3) with H, W > 0")
         actions = handle["actions"] if "actions" in handle else None
         if actions is None:
             if require_actions:

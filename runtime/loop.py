@@ -7,7 +7,8 @@ mode the loop only hands each chunk over, and a control thread publishes at a fi
 
 Zero commands (the deadman) go out when the newest frame is older than `frame_deadline_s`, when a command would
 come from a frame older than `max_latency_s` (inference overran), when no instruction is set, when a sink recovers,
-and on every way out of `run()`: end of source, a signal, the memory guard, an exception.
+and on every way out of `run()`: end of source, a signal, the memory guard, an exception (in the loop or in the
+async control thread). A non-finite policy output is a zero with reason `non_finite_output` (the safety layer).
 """
 
 from __future__ import annotations
@@ -18,16 +19,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from runtime.benchmark import StageRecorder
 from runtime.config import RuntimeConfig
 from runtime.control import InstructionBox
 from runtime.errors import MobileVLAError
 from runtime.notify import SystemdNotifier
 from runtime.pipeline import PolicyPipeline, StepResult
-from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN, SINK_RECOVERED, STALE_FRAME, SafetyLayer
+from runtime.safety import (
+    FAULT,
+    NO_INSTRUCTION,
+    NON_FINITE_OUTPUT,
+    OVERRUN,
+    SHUTDOWN,
+    SINK_RECOVERED,
+    STALE_FRAME,
+    SafetyLayer,
+)
 from runtime.schedule import EnsembleScheduler, LatestChunk
 from runtime.sinks import SinkSet, VelocityCommand
-from runtime.sources import CaptureResult, FrameSource
+from runtime.sources import CaptureResult, FrameSource, ReplaySource
 
 log = logging.getLogger("runtime.loop")
 
@@ -42,6 +54,14 @@ class LoopResult:
     exit_reason: str
     exit_code: int
     stops: dict[str, int] = field(default_factory=dict)  # zero commands per reason
+    skipped_episodes: tuple[tuple[str, str], ...] = ()  # replay: (episode, why) left out
+
+
+def zero_summary(stops: dict[str, int]) -> str:
+    """`3 zero commands (stale frame 2, non_finite_output 1)`: the count by reason, for STATUS and the log."""
+    total = sum(stops.values())
+    detail = ", ".join(f"{reason} {count}" for reason, count in sorted(stops.items()))
+    return f"{total} zero commands" + (f" ({detail})" if detail else "")
 
 
 OnResult = Callable[[CaptureResult, StepResult, VelocityCommand | None, str], None]  # ..., instruction
@@ -127,6 +147,9 @@ class RuntimeLoop:
                         self.recorder.clear()
                 if self.frame_limit is not None and frames >= self.frame_limit:
                     self.request_stop("frame limit")
+        except BaseException as exc:
+            self.request_stop(f"{type(exc).__name__}: {exc}", 1, FAULT)
+            raise
         finally:
             self._stop.set()
             if self.notifier is not None:
@@ -138,7 +161,9 @@ class RuntimeLoop:
                 log.error("the final zero command did not reach every sink within its timeout")
         wall = time.perf_counter() - started
         timed = max(frames - self.warmup, 0) if self.recorder is not None else frames
-        return LoopResult(frames, timed, wall, self._exit_reason or "stopped", self._exit_code, dict(self.safety.stops))
+        skipped = tuple(self.source.skipped) if isinstance(self.source, ReplaySource) else ()
+        return LoopResult(frames, timed, wall, self._exit_reason or "stopped", self._exit_code, dict(self.safety.stops),
+                          skipped)
 
     def _deadman(self, reason: str) -> None:
         if self.latest is not None:
@@ -201,16 +226,21 @@ class RuntimeLoop:
         if self.notifier.status_due(now):
             fps = self._status_frames / max(now - self._status_since, 1e-9)
             memory = f", {self.health()}" if self.health is not None else ""
-            zeros = sum(self.safety.stops.values())
-            self.notifier.send(f"STATUS={fps:.1f} FPS{memory}, {zeros} zero commands")
+            self.notifier.send(f"STATUS={fps:.1f} FPS{memory}, {zero_summary(self.safety.stops)}")
             self._status_frames, self._status_since = 0, now
 
     def _schedule(self, result: StepResult, capture_time: float) -> VelocityCommand | None:
         if self.latest is not None:
             self.latest.put(result.chunk, capture_time)
             return None
-        velocity = result.velocity if self.ensemble is None else self.ensemble.push(result.chunk)
         now = time.monotonic()
+        if self.ensemble is not None:
+            if not np.isfinite(result.chunk).all():
+                self.ensemble.reset()  # a non-finite chunk must not poison the next frames' average
+                return self.safety.stop(NON_FINITE_OUTPUT, now)
+            velocity = self.ensemble.push(result.chunk)
+        else:
+            velocity = result.velocity
         latency = now - capture_time
         if self._sink_recovered.is_set():
             self._sink_recovered.clear()
@@ -237,6 +267,14 @@ class RuntimeLoop:
 
     # -- async mode -----------------------------------------------------------------------------------------------
     def _control_loop(self) -> None:
+        """The async control thread; an exception in it stops the run (the loop then sends the zero)."""
+        try:
+            self._publish_at_rate()
+        except Exception as exc:
+            log.exception("async control loop failed")
+            self.request_stop(f"control loop failed: {type(exc).__name__}: {exc}", 1, FAULT)
+
+    def _publish_at_rate(self) -> None:
         """Publish at `rate_hz` the element of the newest chunk that belongs to "now" (async mode)."""
         assert self.latest is not None
         period = 1.0 / self.config.schedule.rate_hz

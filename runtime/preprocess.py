@@ -1,4 +1,4 @@
-"""The frame preprocessing contract, defined once for every side (DESIGN §2.1, §3).
+"""The frame preprocessing contract, defined once for every side (docs/design.md §2.1, §3).
 
 Two stages:
 1. Host side (`prepare_frame`): a camera/recorded image of any size -> the uint8 `(S, S, C)` frame the vision graph
@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, range_problem
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 COLOR_ORDERS = ("rgb", "bgr")
 FRAME_FORMATS = ("RGB", "BGR", "RGBA", "BGRA")
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class Preprocessing:
                 f"image_mean/image_std must have 3 values each, got {list(self.image_mean)} and "
                 f"{list(self.image_std)}; fix the training config's image_mean/image_std"
             )
+
+    def value_problems(self) -> list[str]:
+        """What is out of range (empty when nothing is): image size, and the normalization's mean and std."""
+        problems = normalization_problems(self.image_mean, self.image_std)
+        if not 0 < self.image_size <= MAX_IMAGE_SIZE:
+            problems.insert(0, f"image_size {self.image_size}: it must be in [1, {MAX_IMAGE_SIZE}]")
+        return problems
 
     @property
     def channels(self) -> int:
@@ -71,6 +79,21 @@ class Preprocessing:
             image_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
             image_std=(float(std[0]), float(std[1]), float(std[2])),
         )
+
+
+def normalization_problems(mean: tuple[float, ...], std: tuple[float, ...]) -> list[str]:
+    """Why `mean`/`std` cannot normalize pixels scaled to [0, 1] (empty when they can).
+
+    The vision graph divides by 255 first, so a mean outside [0, 1] (e.g. 123.7: 0-255 units) or a std outside
+    (0, 1] is a mistake; a std of 0 divides by zero and every image embed becomes NaN or inf.
+    """
+    problems = []
+    for key, values, low_open in (("image_mean", mean, False), ("image_std", std, True)):
+        for i, value in enumerate(values):
+            problem = range_problem(value, 0.0, 1.0, low_open=low_open)
+            if problem is not None:
+                problems.append(f"{key}[{i}] = {value!r}: {problem} (pixels are normalized after /255)")
+    return problems
 
 
 def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -4,27 +4,33 @@ Every command the runtime publishes is made here. A policy velocity goes through
 velocity limits, then rate-limited against the previous command so no axis changes faster than its acceleration
 limit. `stop(reason)` makes a zero command, immediately (no ramp: a deadman must not coast), and the next policy
 command ramps up from zero again. The deadman reasons are named constants, so logs, reports and tests agree.
+
+A policy velocity that is not finite (NaN or ±inf: NaN weights, an FP16 overflow on the device) is a fault, not a
+command: `command()` turns it into a zero with reason `non_finite_output`, counted like every other stop.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
 
 from runtime.config import SafetyConfig
-from runtime.sinks import AXES, VelocityCommand
+from runtime.sinks import AXES, RECOVERED_REASON, SHUTDOWN_REASON, VelocityCommand
 
 log = logging.getLogger("runtime.safety")
 
 STALE_FRAME = "stale frame"
 OVERRUN = "overrun"
 NO_INSTRUCTION = "no instruction"
-SINK_RECOVERED = "sink recovered"
-SHUTDOWN = "shutdown"
+SINK_RECOVERED = RECOVERED_REASON
+SHUTDOWN = SHUTDOWN_REASON
 MEMORY_GUARD = "memory guard"
 CAPTURE_FAILED = "capture failed"
+NON_FINITE_OUTPUT = "non_finite_output"
+FAULT = "fault"  # an exception ended the run (in the loop or the async control thread)
 MAX_RAMP_DT = 0.2  # s: after a longer gap, accelerate as if only this much time had passed
 
 
@@ -54,7 +60,10 @@ class SafetyLayer:
                                **axes)
 
     def command(self, velocity: np.ndarray, now: float, latency_ms: float | None = None) -> VelocityCommand:
-        """A policy velocity, limited per axis and in acceleration (`now`: time.monotonic())."""
+        """A policy velocity, limited per axis and in acceleration (`now`: time.monotonic()); a non-finite one is
+        a zero with reason `non_finite_output`."""
+        if not all(math.isfinite(v) for v in velocity):
+            return self.stop(NON_FINITE_OUTPUT, now)
         target = [min(max(float(v), -vmax), vmax) for v, vmax in zip(velocity, self._vmax, strict=True)]
         if self._limit_accel:
             dt = MAX_RAMP_DT if self._last_time is None else min(max(now - self._last_time, 0.0), MAX_RAMP_DT)

@@ -8,6 +8,7 @@ do not point different ways). So noise around zero is not scored as a direction 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +19,18 @@ AXIS_NAMES = ("linear_x", "linear_y", "angular_z")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two arrays taken as flat vectors (1.0 when either is all zeros)."""
+    """Cosine similarity of two arrays taken as flat vectors.
+
+    NaN when either holds NaN or inf (a gate must fail on it, never read it as a match); 1.0 when both are all
+    zeros, 0.0 when only one is (an all-zero output matches nothing).
+    """
     x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    denom = float(np.linalg.norm(x) * np.linalg.norm(y))
-    return float(x @ y / denom) if denom > 0 else 1.0
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.nan
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0.0 or ny == 0.0:
+        return 1.0 if nx == ny else 0.0
+    return float(x @ y / (nx * ny))
 
 
 def signs(values: np.ndarray, dead_band: float) -> np.ndarray:
@@ -60,6 +69,8 @@ class Scores:
     all_axes_accuracy: dict[float, float]
     direction: float  # all axes' directions agree
     axes: dict[str, AxisScore] = field(default_factory=dict)
+    excluded_frames: dict[str, int] = field(default_factory=dict)  # frames left out of the scores, by reason
+    skipped_episodes: tuple[tuple[str, str], ...] = ()  # (episode, why) left out of the replay
 
     def to_dict(self) -> dict[str, object]:
         def rounded(values: dict[float, float]) -> dict[str, float]:
@@ -76,6 +87,8 @@ class Scores:
                        "r2": round(a.r2, 4), "pearson": round(a.pearson, 4), "direction": round(a.direction, 4)}
                 for name, a in self.axes.items()
             },
+            "excluded_frames": dict(self.excluded_frames),
+            "skipped_episodes": [{"episode": name, "why": why} for name, why in self.skipped_episodes],
         }
 
 
@@ -121,6 +134,9 @@ def scores_table(results: dict[str, Scores]) -> str:
     for t in first.all_axes_accuracy:
         rows.append((f"acc@{t:g} all axes", [f"{results[n].all_axes_accuracy[t]:.1%}" for n in names]))
     rows.append(("direction all axes", [f"{results[n].direction:.1%}" for n in names]))
+    reasons = sorted({reason for n in names for reason in results[n].excluded_frames})
+    rows += [(f"left out: {reason}", [str(results[n].excluded_frames.get(reason, 0)) for n in names])
+             for reason in reasons]
     for axis in first.axes:
         rows.append((f"{axis} MAE", [f"{results[n].axes[axis].mae:.4f}" for n in names]))
         for t in first.axes[axis].accuracy:

@@ -56,6 +56,7 @@ ROS_NODE_NAME = "mobile_vla_runtime"
 SINK_FORMS = "stdout (or -), udp:HOST:PORT, serial:DEVICE[:BAUD], ros2[:TOPIC]"
 SERIAL_WRITE_TIMEOUT_S = 0.2  # bounds a send on a port nobody reads (USB CDC with a hung MCU); ~4 ms per line at 115200
 RECOVERED_REASON = "sink recovered"
+SHUTDOWN_REASON = "shutdown"
 MAX_BAUD = 12_000_000
 
 
@@ -431,6 +432,8 @@ class SinkSet:
         self.on_recovered = on_recovered
         self._backoff_s = backoff_s
         self._started = False
+        self._last: VelocityCommand | None = None  # the newest command published
+        self._final_published = False
 
     @property
     def names(self) -> list[str]:
@@ -446,7 +449,13 @@ class SinkSet:
             lane.thread.start()
 
     def publish(self, command: VelocityCommand) -> None:
-        """Hand the command to every sink's mailbox: a reference swap under a lock no send ever holds."""
+        """Hand the command to every sink's mailbox: a reference swap under a lock no send ever holds.
+
+        After `publish_final` nothing replaces the final command: it stays the last word to the robot.
+        """
+        if self._final_published:
+            return
+        self._last = command
         for lane in self._lanes:
             with lane.lock:
                 lane.offer(command)
@@ -454,8 +463,9 @@ class SinkSet:
     def publish_final(self, command: VelocityCommand, timeout_s: float = 0.5) -> bool:
         """Publish (e.g. the zero before exit) and wait until every sink sent it; False when one did not in time.
 
-        Call it after the loop stopped publishing: a later command would replace it in the mailboxes.
+        Later `publish` calls are ignored, so a thread that publishes late cannot replace it.
         """
+        self._final_published, self._last = True, command
         for lane in self._lanes:
             with lane.lock:
                 lane.final, lane.final_sent, lane.urgent = command, False, True
@@ -476,7 +486,14 @@ class SinkSet:
         return all_sent
 
     def close(self) -> None:
-        """Stop the workers (an unsent command is counted as dropped) and close the sinks."""
+        """Stop the workers (an unsent command is counted as dropped) and close the sinks.
+
+        A set that published a moving command but never a final one (the process is leaving by a path that skipped
+        the loop's own zero) sends a zero first: whatever ends the runtime, the robot's last command is a stop.
+        """
+        if self._started and self._last is not None and not self._final_published and not self._last.stop:
+            log.warning("sinks closed without a final zero command: sending one (seq %d)", self._last.seq)
+            self.publish_final(self._last.as_stop(SHUTDOWN_REASON))
         for lane in self._lanes:
             with lane.lock:
                 lane.closing = True

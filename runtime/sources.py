@@ -9,6 +9,7 @@ whatever the source.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from runtime.config import SourceConfig
 from runtime.episodes import iter_episode_frames, scan_episodes
 from runtime.errors import MobileVLAError
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice, prepare_frame
+
+log = logging.getLogger("runtime.sources")
 
 
 @dataclass
@@ -57,30 +60,46 @@ def synthetic_source(pre: Preprocessing, frames: int | None) -> Iterator[Frame]:
         index += 1
 
 
+Skipped = list[tuple[str, str]]  # (episode, why): episodes a replay left out
+
+
 def h5_source(path: Path, pre: Preprocessing, color: str, frames: int | None,
-              require_actions: bool = False, action_dim: int = 2) -> Iterator[Frame]:
-    """Replay episodes frame by frame (lazily) through the one preprocessing path; bad episodes are skipped."""
+              require_actions: bool = False, action_dim: int = 2, skipped: Skipped | None = None) -> Iterator[Frame]:
+    """Replay episodes frame by frame (lazily) through the one preprocessing path.
+
+    A bad episode is skipped with a warning and appended to `skipped`: refused by the scan (not HDF5, wrong
+    shapes), or damaged part-way (a chunk that cannot be read): the replay goes on with the next episode, and a
+    scorer drops the frames it already had from it.
+    """
     check_choice("episode colour order", color, COLOR_ORDERS)
     scan = scan_episodes(path, require_actions, action_dim)
+    if skipped is not None:
+        skipped.extend((file.name, why) for file, why in scan.skipped)
     emitted = 0
     for info in scan.episodes:
-        for item in iter_episode_frames(info, color, pre, action_dim):
-            if frames is not None and emitted >= frames:
-                return
-            yield Frame(item.index, item.pixels, info.name, item.index == 0, info.instruction,
-                        item.action)
-            emitted += 1
+        try:
+            for item in iter_episode_frames(info, color, pre, action_dim):
+                if frames is not None and emitted >= frames:
+                    return
+                yield Frame(item.index, item.pixels, info.name, item.index == 0, info.instruction,
+                            item.action)
+                emitted += 1
+        except MobileVLAError as exc:
+            log.warning("episode %s skipped part-way, the replay goes on with the next one: %s", info.name, exc)
+            if skipped is not None:
+                skipped.append((info.name, str(exc)))
 
 
 def replay_frames(spec: str, pre: Preprocessing, frames: int | None, h5_color: str = "bgr",
-                  require_actions: bool = False, action_dim: int = 2) -> Iterator[Frame]:
+                  require_actions: bool = False, action_dim: int = 2,
+                  skipped: Skipped | None = None) -> Iterator[Frame]:
     """The frames of `synthetic` or `h5:PATH`; `frames` caps the count (None: until the source ends)."""
     if spec == "synthetic":
         if require_actions:
             raise MobileVLAError("the synthetic source has no recorded actions to score against; use --source h5:DIR")
         return synthetic_source(pre, frames)
     if spec.startswith("h5:"):
-        return h5_source(Path(spec[3:]), pre, h5_color, frames, require_actions, action_dim)
+        return h5_source(Path(spec[3:]), pre, h5_color, frames, require_actions, action_dim, skipped)
     raise MobileVLAError(f"unknown source {spec!r}; expected {SOURCE_FORMS}")
 
 
@@ -118,10 +137,11 @@ class FrameSource(Protocol):
 class ReplaySource:
     """A `FrameSource` over replayed frames (synthetic or h5), delivered as fast as they are asked for."""
 
-    def __init__(self, frames: Iterator[Frame], description: str) -> None:
+    def __init__(self, frames: Iterator[Frame], description: str, skipped: Skipped | None = None) -> None:
         self._frames = frames
         self._description = description
         self._count = 0
+        self.skipped: Skipped = [] if skipped is None else skipped  # episodes left out (h5), filled while replaying
 
     @property
     def description(self) -> str:
@@ -167,5 +187,6 @@ def open_source(config: SourceConfig, pre: Preprocessing, frames: int | None = N
             backoff_max_s=config.backoff_max_s, file_sync=config.file_sync, file_loop=config.file_loop,
         )
         return capture.GstCapture(config.spec, pre, settings)
-    replay = replay_frames(config.spec, pre, frames, config.h5_color, require_actions, action_dim)
-    return ReplaySource(replay, config.spec)
+    skipped: Skipped = []
+    replay = replay_frames(config.spec, pre, frames, config.h5_color, require_actions, action_dim, skipped)
+    return ReplaySource(replay, config.spec, skipped)

@@ -8,15 +8,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 import build_engines.build as build_module
 from build_engines.build import BuildOptions, build_bundle, demo_reference_policy
-from build_engines.checkpoint import write_robovlms_checkpoint, write_training_config
+from build_engines.checkpoint_writer import write_robovlms_checkpoint
 from build_engines.cli import main as build_main
 from build_engines.fit import FitSettings, demo_init
 from build_engines.parity import check_parity
-from build_engines.presets import kosmos_config, tiny_head
+from build_engines.presets import TINY_VOCAB, kosmos_config, tiny_head
 from build_engines.reference import ReferencePolicy
+from build_engines.tokenizer_gen import write_tiny_tokenizer
+from build_engines.training_config import write_training_config
 from runtime.bundle import ActionSettings, Bundle, load_bundle
 from runtime.errors import MobileVLAError
 from runtime.prompt import PromptEncoder
@@ -120,12 +123,15 @@ def test_checkpoint_build_and_normalization_in_manifest(tmp_path: Path) -> None:
     write_robovlms_checkpoint(policy, tmp_path / "p.ckpt")
     action = ActionSettings(norm_action=True, norm_min=(-0.5, -1.0), norm_max=(0.5, 1.0))
     write_training_config(tmp_path / "c.json", policy.head_config, 4, 8.0, action)
+    write_tiny_tokenizer(tmp_path / "tokenizer.json", vocab_size=TINY_VOCAB)
     code = build_main(["--checkpoint", str(tmp_path / "p.ckpt"), "--config", str(tmp_path / "c.json"),
-                       "--preset", "tiny", "--output", str(tmp_path / "b"), "--color-order", "bgr"])
+                       "--preset", "tiny", "--tokenizer", str(tmp_path / "tokenizer.json"),
+                       "--output", str(tmp_path / "b"), "--color-order", "bgr"])
     assert code == 0
     manifest = load_bundle(tmp_path / "b").manifest
     assert manifest.action.norm_min == (-0.5, -1.0) and manifest.preprocessing.color_order == "bgr"
     assert len(manifest.source["checkpoint_sha256"]) == 64
+    assert manifest.source["tokenizer_sha256"] == manifest.files["tokenizer.json"]
 
 
 def test_failed_build_leaves_the_previous_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -146,9 +152,17 @@ def test_failed_build_leaves_the_previous_bundle(tmp_path: Path, monkeypatch: py
     load_bundle(target)
 
 
-def test_parity_failure_stops_the_build(tmp_path: Path, episodes: Path) -> None:
-    options = BuildOptions(output=tmp_path / "b", parity_frames=2, parity_tolerance=-1.0, episodes=episodes,
-                           fit=UNFITTED)
+def test_parity_failure_stops_the_build(tmp_path: Path, episodes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_check = build_module.check_parity
+
+    def drifted_reference(policy: ReferencePolicy, *args: object) -> object:
+        """The reference moves after the export: the parts no longer reproduce it."""
+        with torch.no_grad():
+            policy.act_head.velocities.mlp[6].bias += 0.5
+        return real_check(policy, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "check_parity", drifted_reference)
+    options = BuildOptions(output=tmp_path / "b", parity_frames=2, episodes=episodes, fit=UNFITTED)
     with pytest.raises(MobileVLAError, match=r"do not reproduce the reference policy: .*No bundle was written"):
         build_bundle(options)
     assert not (tmp_path / "b").exists()

@@ -51,12 +51,12 @@ monitor: {guard_available_mb: 500, warn_available_mb: 900}
 @pytest.mark.parametrize(("text", "message"), [
     ("backend: cuda", "config key `backend` has value 'cuda'; allowed: auto | tensorrt | onnxruntime"),
     ("schedule: {mode: fast}", "config key `schedule.mode` has value 'fast'; allowed: chunk0 | ensemble | async"),
-    ("schedule: {rate_hz: 0}", "config key `schedule.rate_hz` has value 0; allowed: a number >= 1 <= 1000"),
+    ("schedule: {rate_hz: 0}", "config key `schedule.rate_hz` has value 0; allowed: a finite number >= 1 <= 1000"),
     ("safety: {max_velocity: {linear_z: 1}}",
      "config key `safety.max_velocity.linear_z` has value 'linear_z'; allowed: linear_x | linear_y | angular_z"),
     ("safety: {max_accel: {linear_x: -1}}",
-     "config key `safety.max_accel.linear_x` has value -1; allowed: a number > 0"),
-    ("safety: {frame_deadline_s: fast}", "`safety.frame_deadline_s` has value 'fast'; allowed: a number > 0"),
+     "config key `safety.max_accel.linear_x` has value -1; allowed: a finite number > 0"),
+    ("safety: {frame_deadline_s: fast}", "`safety.frame_deadline_s` has value 'fast'; allowed: a finite number > 0"),
     ("source: {fps: 30.5}", "config key `source.fps` has value 30.5; allowed: an integer >= 1 <= 240"),
     ("source: {sensor_mode: 1280}", "`source.sensor_mode` has value 1280; allowed: [width, height] in pixels"),
     ("source: {file_sync: maybe}", "`source.file_sync` has value 'maybe'; allowed: true or false"),
@@ -97,6 +97,7 @@ def test_flags_are_validated_like_the_file(capsys: pytest.CaptureFixture[str]) -
     from runtime.cli import main
 
     assert main(["--rate-hz", "0", "--print-config"]) == 2
-    assert "config key `schedule.rate_hz` has value 0.0; allowed: a number >= 1 <= 1000" in capsys.readouterr().err
+    assert "config key `schedule.rate_hz` has value 0.0; allowed: a finite number >= 1 <= 1000" in \
+        capsys.readouterr().err
     assert main(["--output-limit", "-1", "--print-config"]) == 2
-    assert "config key `safety.limit` has value -1.0; allowed: a number > 0" in capsys.readouterr().err
+    assert "config key `safety.limit` has value -1.0; allowed: a finite number > 0" in capsys.readouterr().err

@@ -24,17 +24,7 @@ from runtime.pipeline import PolicyPipeline
 from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN
 from runtime.sinks import SinkSet, open_sink
 from runtime.sources import open_source
-
-
-def drain(sock: socket.socket, quiet_s: float = 0.3) -> list[dict[str, object]]:
-    """Every datagram until none arrives for `quiet_s`."""
-    messages = []
-    sock.settimeout(quiet_s)
-    while True:
-        try:
-            messages.append(json.loads(sock.recv(65536)))
-        except TimeoutError:
-            return messages
+from tests.udp import drain
 
 
 def sink_spec(sock: socket.socket) -> str:

@@ -225,8 +225,11 @@ def test_udp_datagrams_carry_the_json_object(udp_receiver: socket.socket) -> Non
             assert record["stop"] is False
             assert record["latency_ms"] == 30.0 + seq
             assert abs(record["stamp"] - time.time()) < 5
+    # Closed without a final command: the set sends the zero itself, so the robot's last command is a stop.
+    last = json.loads(udp_receiver.recvfrom(65536)[0])
+    assert (last["seq"], last["stop"], last["reason"], last["linear"]) == (2, True, "shutdown", [0.0, 0.0, 0.0])
     stats = sinks.stats()[f"udp:localhost:{port}"]
-    assert (stats.sent, stats.failed, stats.dropped) == (3, 0, 0)
+    assert (stats.sent, stats.failed, stats.dropped) == (4, 0, 0)
 
 
 def test_udp_over_ipv6_loopback() -> None:

@@ -1,0 +1,111 @@
+"""The build's reports in the bundle: `build_report.json` / `.md`, and the INT8 `accuracy_report.json` / `.md`."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from build_engines.int8 import Int8Result
+from build_engines.parity import ParityReport
+from runtime.bundle import PartEntry
+
+
+def file_size(stage: Path, *names: str | None) -> int:
+    return sum((stage / name).stat().st_size for name in names if name)
+
+
+def build_report(layout: str, instruction: str, source: dict[str, Any], parity: ParityReport,
+                 timings: dict[str, float], stage: Path, parts: dict[str, PartEntry]) -> dict[str, Any]:
+    sizes = {}
+    for name, entry in parts.items():
+        sizes[name] = file_size(stage, entry.onnx, entry.external_data)
+        if entry.int8_onnx:
+            sizes[f"{name}.int8"] = file_size(stage, entry.int8_onnx, entry.int8_external_data)
+    return {
+        "source": source,
+        "layout": layout,
+        "parity": parity.to_dict(),
+        "timings": timings,
+        "sizes_bytes": sizes,
+        "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "instruction": instruction,
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    parity = report["parity"]
+    lines = [
+        "# Build report",
+        "",
+        f"- source: {report['source']['checkpoint']}",
+        f"- layout: {report['layout']} (a bundle setting: it cannot be read from the checkpoint)",
+        f"- head variant: {parity['head_variant']}",
+        f"- parity: {'PASSED' if parity['passed'] else 'FAILED'} over {parity['frames']} frames (FP32, ONNX Runtime "
+        f"vs PyTorch reference)",
+        "",
+        "| part | max abs err | mean abs err | min cosine | tolerance | ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, p in parity["parts"].items():
+        lines.append(f"| {name} | {p['max_abs_err']:.3g} | {p['mean_abs_err']:.3g} | {p['min_cosine']:.8f} | "
+                     f"{p['tolerance']:g} | {'yes' if p['passed'] else 'NO'} |")
+    lines += ["", "| part | size |", "|---|---|"]
+    lines += [f"| {name} | {size / 1e6:.2f} MB |" for name, size in report["sizes_bytes"].items()]
+    lines += ["", "Timings: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_reports(stage: Path, report: dict[str, Any], int8: Int8Result | None) -> dict[str, str]:
+    (stage / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (stage / "build_report.md").write_text(report_markdown(report))
+    reports = {"build": "build_report.json", "build_readable": "build_report.md"}
+    if int8 is not None:
+        (stage / "accuracy_report.json").write_text(json.dumps(int8.report, indent=2) + "\n")
+        (stage / "accuracy_report.md").write_text(accuracy_markdown(int8.report))
+        reports.update({"accuracy": "accuracy_report.json", "accuracy_readable": "accuracy_report.md"})
+    return reports
+
+
+def accuracy_markdown(report: dict[str, Any]) -> str:
+    """The accuracy report as a readable page (accuracy_report.md in the bundle)."""
+    gate, data = report["gate"], report["dataset"]
+    limits = gate["thresholds"]
+    e2e = gate["end_to_end"]
+    lines = [
+        "# INT8 accuracy report",
+        "",
+        f"- calibration data: {data['path']} ({data['episodes']} episodes, {data['frames']} frames, "
+        f"{len(data['skipped'])} skipped; scenarios {', '.join(data['scenarios'])})",
+        f"- split: {len(data['calibration_pool'])} calibration episodes, {len(data['held_out'])} held out (never "
+        f"calibrated on); {report['sample']['calibration_frames']} calibration frames "
+        f"{report['sample']['per_scenario']}",
+        f"- quantization: {report['quantization']['tool']}, {report['quantization']['method']} ranges, "
+        f"symmetric INT8, per-channel weights, Q/DQ on {', '.join(report['quantization']['op_types'])} inputs",
+        f"- calibration + gate time: {report['seconds']} s",
+        "",
+        "| part | precision | cosine mean | cosine min | held-out samples | gate (≥ {}) |".format(limits["cosine"]),
+        "|---|---|---|---|---|---|",
+    ]
+    for name, part in gate["parts"].items():
+        lines.append(f"| {name} | {report['precision'][name]} | {part['cosine_mean']:.5f} | {part['cosine_min']:.5f} "
+                     f"| {part['samples']} | {'pass' if part['passed'] else 'FAIL'} |")
+    lines += [
+        "",
+        f"End to end over {e2e['episodes']} held-out episodes ({e2e['frames']} frames), chunk[0] INT8 vs FP32, "
+        f"INT8 parts {', '.join(e2e['int8_parts']) or 'none'}:",
+        "",
+        "| metric | value | limit | ok |",
+        "|---|---|---|---|",
+        f"| MAE | {e2e['mae']:.5f} | ≤ {limits['mae']} | {'yes' if e2e['mae'] <= limits['mae'] else 'NO'} |",
+        f"| max abs err | {e2e['max_abs_err']:.5f} | | |",
+        f"| sign agreement (dead band ±{limits['dead_band']}) | {e2e['sign_agreement']:.2%} | ≥ "
+        f"{limits['sign_agreement']:.0%} | {'yes' if e2e['sign_agreement'] >= limits['sign_agreement'] else 'NO'} |",
+        "",
+    ]
+    if report["warnings"]:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return "\n".join(lines)

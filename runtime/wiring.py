@@ -1,0 +1,97 @@
+"""Everything the robot runs, wired together: backend, pipeline, source, sinks, instruction listener, health
+monitor, systemd notifier and the loop, with the signal handlers that turn every terminating signal into a stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from contextlib import ExitStack
+
+from runtime.backend import PolicyBackend
+from runtime.benchmark import StageRecorder
+from runtime.bundle import Bundle
+from runtime.config import RuntimeConfig
+from runtime.control import InstructionBox, encoder_validator, open_listener
+from runtime.loop import LoopResult, OnResult, RuntimeLoop, zero_summary
+from runtime.monitor import HealthMonitor, MonitorSettings
+from runtime.notify import SystemdNotifier
+from runtime.pipeline import OutputSettings, PolicyPipeline
+from runtime.safety import MEMORY_GUARD
+from runtime.signals import stop_on_signals
+from runtime.sinks import SinkSet, open_sink
+from runtime.sources import open_source
+
+log = logging.getLogger("runtime")
+MEMORY_GUARD_EXIT = 3
+
+
+def output_settings(config: RuntimeConfig, bundle: Bundle) -> OutputSettings:
+    action = bundle.manifest.action
+    return OutputSettings(
+        scale=action.output_scale if config.safety.scale is None else config.safety.scale,
+        limit=action.output_limit if config.safety.limit is None else config.safety.limit,
+    )
+
+
+def initial_instruction(config: RuntimeConfig, bundle: Bundle) -> str | None:
+    text = config.instruction.text
+    if text is None and config.instruction.use_bundle_default:
+        return bundle.manifest.prompt.default_instruction
+    return text
+
+
+def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, args: argparse.Namespace,
+               recorder: StageRecorder | None = None, on_result: OnResult | None = None,
+               frames: int | None = None, require_actions: bool = False) -> tuple[LoopResult, dict[str, object]]:
+    """Everything the robot runs, wired together; returns when the source ends, a limit, a signal or the memory guard
+    stops it, with the health monitor's summary."""
+    manifest = bundle.manifest
+    monitor_summary: dict[str, object] = {}
+    with ExitStack() as stack:
+        stack.enter_context(backend)
+        instruction = initial_instruction(config, bundle)
+        pipeline = PolicyPipeline(bundle, backend, instruction, output_settings(config, bundle),
+                                  config.instruction.over_long)
+        box = InstructionBox(instruction)
+        source = open_source(config.source, manifest.preprocessing, frames, require_actions,
+                             manifest.policy.action_dim)
+        sinks = SinkSet([open_sink(spec) for spec in config.sinks])
+        replay_instructions = config.source.spec.startswith("h5:") and config.instruction.text is None
+        notifier = SystemdNotifier()
+        stack.callback(notifier.close)
+        loop = RuntimeLoop(config, pipeline, source, sinks, box, recorder, args.warmup if args.benchmark else 0,
+                           frames, on_result, replay_instructions, notifier)
+        sinks.on_recovered = loop.on_sink_recovered
+        stack.callback(sinks.close)
+        # From here a signal stops the loop (which then sends the zero) instead of killing the process; one that
+        # arrives during the start-up below makes the loop stop before its first frame.
+        stack.enter_context(stop_on_signals(loop.request_stop))
+        sinks.start()
+        listener = open_listener(config.instruction, box, encoder_validator(pipeline.encoder))
+        if listener is not None:
+            stack.callback(listener.close)
+            listener.start()
+        monitor = None
+        if config.monitor.enabled:
+            settings = MonitorSettings(**{k: v for k, v in vars(config.monitor).items() if k != "enabled"})
+            monitor = HealthMonitor(settings, lambda message: loop.request_stop(message, MEMORY_GUARD_EXIT,
+                                                                                 MEMORY_GUARD))
+            stack.enter_context(monitor)
+            loop.health = lambda: memory_status(monitor)
+        stack.callback(source.stop)
+        source.start()
+        log.info("running %s on %s (%s schedule, sinks: %s)", bundle.root, source.description,
+                 config.schedule.mode, ", ".join(config.sinks) or "none")
+        result = loop.run()
+        if monitor is not None:
+            monitor_summary = monitor.summary()
+    log.info("stopped: %s after %d frames; %s", result.exit_reason, result.frames, zero_summary(result.stops))
+    return result, monitor_summary
+
+
+def memory_status(monitor: HealthMonitor) -> str:
+    reading = monitor.latest
+    if reading is None:
+        return "memory not read yet"
+    return f"RSS {reading.rss_mb:.0f} MB, MemAvailable {reading.mem_available_mb:.0f} MB"
+
