@@ -26,10 +26,10 @@ from runtime.config import (
     RUNTIME_PRECISIONS,
     SCHEDULE_MODES,
     RuntimeConfig,
-    load_config,
     parse_config,
     with_section,
 )
+from runtime.config_file import load_config
 from runtime.errors import MobileVLAError, run_cli
 from runtime.loop import LOOP_STAGES
 from runtime.paths import default_bundle_dir

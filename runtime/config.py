@@ -1,4 +1,5 @@
-"""The runtime's YAML configuration: `--config FILE`, else /etc/mobile-vla/runtime.yaml, else built-in defaults.
+"""The runtime's settings: one dataclass per config section, and their validation (the file is read by
+runtime/config_file.py: `--config FILE`, else /etc/mobile-vla/runtime.yaml, else built-in defaults).
 
 Every key is validated here, once; an error names the key, the value and what is allowed. Command-line flags
 override the file (the CLI applies them on top of the loaded config). Every setting is documented in the README.
@@ -11,13 +12,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runtime.errors import MobileVLAError
 from runtime.prompt import OVER_LONG
 from runtime.sinks import AXES
 
-SYSTEM_CONFIG = Path("/etc/mobile-vla/runtime.yaml")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 RUNTIME_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 SCHEDULE_MODES = ("chunk0", "ensemble", "async")
@@ -317,44 +315,6 @@ def parse_config(data: object, origin: str) -> RuntimeConfig:
         origin=origin,
         **sections,  # type: ignore[arg-type]
     )
-
-
-def load_config(path: Path | None) -> RuntimeConfig:
-    """`path`, else the system config when it exists, else the defaults."""
-    if path is None:
-        if not SYSTEM_CONFIG.is_file():
-            return RuntimeConfig()
-        path = SYSTEM_CONFIG
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MobileVLAError(f"cannot read config file {path}: {exc.strerror}; pass an existing YAML file to "
-                             f"--config") from exc
-    except UnicodeDecodeError as exc:
-        raise MobileVLAError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
-                             f"UTF-8 YAML") from exc
-    try:
-        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as exc:
-        raise MobileVLAError(f"config file {path} is not valid YAML: {exc}") from exc
-    return parse_config(data, str(path))
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, but a key given twice in one mapping is an error: YAML would silently keep the last one,
-    and a safety limit written twice (one of them forgotten) must not be resolved by position."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
-        seen: dict[object, yaml.Node] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark,
-                    f"the key {key!r} is given twice (first at line {seen[key].start_mark.line + 1}); keep one",
-                    key_node.start_mark)
-            seen[key] = key_node
-        return super().construct_mapping(node, deep)
 
 
 def with_section(config: RuntimeConfig, section: str, **changes: Any) -> RuntimeConfig:

@@ -62,9 +62,10 @@ class SafetyLayer:
     def command(self, velocity: np.ndarray, now: float, latency_ms: float | None = None) -> VelocityCommand:
         """A policy velocity, limited per axis and in acceleration (`now`: time.monotonic()); a non-finite one is
         a zero with reason `non_finite_output`."""
-        if not all(math.isfinite(v) for v in velocity):
+        values = velocity.tolist()  # one call to Python floats: cheaper than touching numpy scalars one by one
+        if not all(map(math.isfinite, values)):
             return self.stop(NON_FINITE_OUTPUT, now)
-        target = [min(max(float(v), -vmax), vmax) for v, vmax in zip(velocity, self._vmax, strict=True)]
+        target = [min(max(v, -vmax), vmax) for v, vmax in zip(values, self._vmax, strict=True)]
         if self._limit_accel:
             dt = MAX_RAMP_DT if self._last_time is None else min(max(now - self._last_time, 0.0), MAX_RAMP_DT)
             target = [min(max(v, last - amax * dt), last + amax * dt)

@@ -18,7 +18,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from runtime import config as runtime_config
+from runtime.config_file import load_config
 from runtime.cuda_support import DeviceInfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,7 +225,7 @@ def test_uninstall_keeps_settings_unless_purged(staged: tuple[Path, str]) -> Non
 
 
 def test_example_config_parses() -> None:
-    config = runtime_config.load_config(SYSTEMD / "runtime.yaml.example")
+    config = load_config(SYSTEMD / "runtime.yaml.example")
     assert config.source.spec == "csi:0"
     assert config.sinks == ("ros2:/cmd_vel",)
     assert config.instruction.control == "auto"

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import RuntimeConfig, load_config, parse_config, with_section
+from runtime.config import RuntimeConfig, parse_config, with_section
+from runtime.config_file import load_config
 from runtime.errors import MobileVLAError
 
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("runtime.config.SYSTEM_CONFIG", tmp_path / "absent.yaml")
+    monkeypatch.setattr("runtime.config_file.SYSTEM_CONFIG", tmp_path / "absent.yaml")
     config = load_config(None)
     assert config == RuntimeConfig()
     assert config.schedule.mode == "chunk0" and config.sinks == ("stdout",)
@@ -19,7 +20,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_system_config_is_used_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = tmp_path / "runtime.yaml"
     system.write_text("schedule: {mode: ensemble, ensemble_decay: 0.2}\nsinks: [udp:127.0.0.1:9000]\n")
-    monkeypatch.setattr("runtime.config.SYSTEM_CONFIG", system)
+    monkeypatch.setattr("runtime.config_file.SYSTEM_CONFIG", system)
     config = load_config(None)
     assert config.schedule.mode == "ensemble" and config.schedule.ensemble_decay == 0.2
     assert config.sinks == ("udp:127.0.0.1:9000",) and config.origin == str(system)

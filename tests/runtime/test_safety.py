@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from runtime.config import SafetyConfig
-from runtime.safety import OVERRUN, STALE_FRAME, SafetyLayer
+from runtime.safety import NON_FINITE_OUTPUT, OVERRUN, STALE_FRAME, SafetyLayer
 from runtime.schedule import EnsembleScheduler, LatestChunk
 
 
@@ -13,6 +13,18 @@ def test_per_axis_velocity_limits() -> None:
     command = layer.command(np.array([0.9, -2.0], np.float32), now=0.0)
     assert (command.linear_x, command.linear_y, command.angular_z) == (0.5, -2.0, 0.0)
     assert not command.stop and command.seq == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_velocity_is_a_counted_zero_and_the_next_command_ramps(bad: float) -> None:
+    layer = SafetyLayer(SafetyConfig(max_accel={"linear_x": 1.0}), action_dim=2)
+    layer.command(np.array([0.05, 0.0], np.float32), now=0.0)
+    zero = layer.command(np.array([0.05, bad], np.float32), now=0.1)
+    assert zero.stop and zero.reason == NON_FINITE_OUTPUT == "non_finite_output"
+    assert (zero.linear_x, zero.linear_y) == (0.0, 0.0)
+    assert layer.stops == {NON_FINITE_OUTPUT: 1}
+    again = layer.command(np.array([1.0, 0.0], np.float32), now=0.2)
+    assert not again.stop and again.linear_x == pytest.approx(0.1)  # from zero, under the acceleration limit
 
 
 def test_acceleration_limit_ramps_and_stop_is_immediate() -> None:
