@@ -7,12 +7,11 @@ override the file (the CLI applies them on top of the loaded config). Every sett
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import MobileVLAError
+from runtime.errors import MobileVLAError, range_problem
 from runtime.prompt import OVER_LONG
 from runtime.sinks import AXES
 
@@ -122,8 +121,7 @@ def _number(key: str, value: object, low: float | None = None, high: float | Non
     if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
         raise config_error(key, value, _range_text(kind, low, high, exclusive_low))
     number = float(value)
-    too_low = low is not None and (number <= low if exclusive_low else number < low)
-    if not math.isfinite(number) or too_low or (high is not None and number > high):
+    if range_problem(number, low, high, low_open=exclusive_low) is not None:
         raise config_error(key, value, _range_text(kind, low, high, exclusive_low))
     return number
 
