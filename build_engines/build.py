@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from build_engines import device_graphs
 from build_engines.checkpoint import ImportedPolicy, import_checkpoint
 from build_engines.checkpoint_writer import write_robovlms_checkpoint
+from build_engines.cpu_int8 import append_markdown, cpu_int8_bundle, with_cpu_int8
 from build_engines.export import export_modules, export_part
 from build_engines.fit import FitReport, FitSettings, demo_init, fit_head
 from build_engines.int8 import GateSettings, Int8Options, Int8Result, quantize_bundle
@@ -317,17 +319,26 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             int8 = None
             if options.int8:
                 data = calibration_data(options, imported)
-                int8 = quantize_bundle(load_bundle(stage, verify_hashes=False),
-                                       Int8Options(data, options.episode_color, options.sample, options.quant,
-                                                   options.gate))
-                parts = int8.parts
+                int8_options = Int8Options(data, options.episode_color, options.sample, options.quant, options.gate)
+                int8 = quantize_bundle(load_bundle(stage, verify_hashes=False), int8_options)
+                # ONNX Runtime's own INT8 forms, gated and timed against FP32 (cpu_int8.py, docs/design.md §4)
+                int8 = with_cpu_int8(int8, cpu_int8_bundle(load_bundle(stage, verify_hashes=False), int8_options))
+                parts, warnings, device_report = int8.parts, int8.warnings, None  # in the accuracy report
                 timings["int8_s"] = int8.report["seconds"]
-                hashes.update(hash_files(stage, [f for f in content_files(parts) if f not in hashes]))
+            else:
+                device = device_graphs.without_episodes(load_bundle(stage, verify_hashes=False), options.parity_frames,
+                                                        options.gate)
+                parts, warnings, device_report = device.parts, device.warnings, device.report
+            hashes.update(hash_files(stage, [f for f in content_files(parts) if f not in hashes]))
             report = build_report(options.layout, options.instruction, source, parity, timings, stage, parts)
+            if device_report is not None:
+                report["device_graphs"] = device_report
             reports = write_reports(stage, report, int8)
+            if int8 is not None:
+                append_markdown(stage / reports["accuracy_readable"], int8.report["cpu_int8"])
             hashes.update(hash_files(stage, list(reports.values())))
             manifest = make_manifest(imported, prompt, pre, parts, hashes, reports, source)
-            write_manifest(stage, replace(manifest, warnings=tuple(int8.warnings) if int8 else ()))
+            write_manifest(stage, replace(manifest, warnings=tuple(warnings)))
             if not options.engines:
                 report["engines_skipped"] = "--no-engines"
             elif import_tensorrt() is None:

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--tokenizer", type=Path, default=None,
                      help="the tokenizer.json the policy was trained with (default: the one in --kosmos-dir). A "
                           "--checkpoint build needs one of the two; its sha256 is recorded in the manifest")
-    src.add_argument("--preset", default="kosmos-2", help="backbone shapes when no --kosmos-dir: kosmos-2 | tiny")
+    src.add_argument("--preset", default="kosmos-2",
+                     help="backbone shapes when no --kosmos-dir: tiny | mid | kosmos-2 (mid: the real structure and "
+                          "vocabulary at mid widths, for CPU measurements)")
     src.add_argument("--random-weights", action="store_true",
                      help="no checkpoint: random weights at --preset's shapes, to test export and latency at real "
                           "size (the velocities mean nothing); needs --output")
@@ -94,12 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     trt = parser.add_argument_group("TensorRT engines (built where TensorRT is installed, e.g. on the Jetson)")
     trt.add_argument("--engines-only", action="store_true",
                      help="build the missing/stale engines of an existing --bundle (needs only TensorRT + pycuda)")
-    trt.add_argument("--bundle", type=Path, default=None, help="the bundle for --engines-only")
+    trt.add_argument("--bundle", type=Path, default=None, help="the bundle for --engines-only, --slim or --plan")
+    trt.add_argument("--slim", action="store_true",
+                     help="delete from --bundle every graph the robot does not run (the CPU's FP32, Q/DQ and CPU "
+                          "INT8 graphs), keeping the FP16-typed device graphs; ONNX Runtime cannot run it after")
     trt.add_argument("--no-engines", action="store_true", help="do not build engines even where TensorRT is installed")
     trt.add_argument("--force-engines", action="store_true", help="rebuild engines that are already current")
     trt.add_argument("--workspace-mb", type=int, default=None,
                      help="TensorRT workspace pool in MB, >= 1 (default and cap: 50%% of the memory available at "
                           "build time)")
+    plan = parser.add_argument_group("performance plan (from the configuration: no weights, no export, seconds)")
+    plan.add_argument("--plan", action="store_true",
+                      help="print per part and per frame the FLOPs, bytes, floor latency (FP16, INT8) and memory "
+                           "at run and build time on Orin Nano 8GB / Orin NX 16GB / AGX Orin 64GB, then exit; "
+                           "uses --preset, --layout, --max-prompt-tokens, --workspace-mb, --keep-float, or the "
+                           "shapes of --bundle DIR (and counts its graphs' FLOPs)")
+    plan.add_argument("--json", type=Path, default=None, metavar="FILE",
+                      help="with --plan: also write the plan as JSON to FILE")
     check = parser.add_argument_group("checks")
     check.add_argument("--parity-frames", type=int, default=12,
                        help="frames in the parity episode (1-1000, default 12)")
@@ -148,6 +161,18 @@ def run_engines_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_slim(args: argparse.Namespace) -> int:
+    from build_engines.slim import slim_bundle
+
+    if args.bundle is None:
+        raise MobileVLAError("--slim needs --bundle DIR (the bundle to slim for the device, in place)")
+    result = slim_bundle(args.bundle)
+    print(f"Slimmed {args.bundle} for the device: removed {len(result.removed)} files ({result.freed_bytes / 1e6:.1f} "
+          f"MB), {result.kept_bytes / 1e6:.1f} MB left. ONNX Runtime (the CPU) needs the full bundle; on the Jetson "
+          f"run: build_engines --engines-only --bundle {args.bundle}")
+    return 0
+
+
 def engines_summary(report: dict[str, Any], bundle: Path) -> str:
     lines = [f"TensorRT {report['tensorrt']} on {report['device']} (sm {report['compute_capability']}):"]
     for name, record in report["engines"].items():
@@ -179,6 +204,14 @@ def split_list(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan:  # no torch/transformers: the plan comes from the shapes alone
+        from build_engines.plan.command import run_plan
+
+        return run_plan(args)
+    if args.json is not None:
+        raise MobileVLAError("--json FILE writes the performance plan: it needs --plan")
+    if args.slim:
+        return run_slim(args)
     if args.engines_only:
         return run_engines_only(args)  # no torch/transformers: this is what runs on the Jetson
     # Heavy imports (torch, transformers, onnx) only once the arguments are known to be usable.

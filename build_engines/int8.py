@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from build_engines import device_graphs
 from build_engines.quantize import QuantSettings, quantize_part
 from calibration.cascade import (
     Embeds,
@@ -246,6 +247,16 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
                 f"INT8 parts {end_to_end['int8_parts'] or 'none'}"
             )
         warnings += [f"{name}: INT8 fell back to FP16 to meet the end-to-end gate" for name in fallbacks]
+        parts = {}
+        for name in PART_NAMES:
+            onnx_name = f"{name}.int8.onnx"
+            parts[name] = replace(manifest.parts[name], int8_onnx=onnx_name,
+                                  int8_external_data=external_file(bundle.root, onnx_name),
+                                  precision="int8" if name in end_to_end["int8_parts"] else "fp16")
+        device = device_graphs.with_episodes(q, parts, refs, calib_frames, held_refs, held_frames, split.held_out,
+                                             reference, options.gate, options.color, stack)
+        parts = device.parts
+        warnings += device.warnings
     if options.gate.on_failure == "stop" and warnings:
         raise MobileVLAError(
             "the INT8 accuracy gate failed: " + "; ".join(warnings) + ". No bundle was written. Calibrate on more or "
@@ -254,12 +265,6 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
         )
     for warning in warnings:
         log.warning("%s", warning)
-    parts = {}
-    for name in PART_NAMES:
-        entry = manifest.parts[name]
-        onnx_name = f"{name}.int8.onnx"
-        parts[name] = replace(entry, int8_onnx=onnx_name, int8_external_data=external_file(bundle.root, onnx_name),
-                              precision="int8" if name in end_to_end["int8_parts"] else "fp16")
     report = {
         "dataset": dataset_report(options, scan, split.pool, split.held_out),
         "sample": {**asdict(options.sample), "calibration_frames": len(refs),
@@ -267,6 +272,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
         "quantization": {"tool": "onnxruntime.quantization (QDQ)", **asdict(options.quant), "parts": quantization},
         "gate": {"thresholds": asdict(options.gate), "parts": {n: asdict(g) for n, g in gates.items()},
                  "end_to_end": end_to_end},
+        "device_graphs": device.report,
         "precision": {name: parts[name].precision for name in PART_NAMES},
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 1),

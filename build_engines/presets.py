@@ -1,4 +1,6 @@
-"""Model presets (DESIGN §5): `tiny` (same module structure, small widths) and `kosmos-2` (the real shapes)."""
+"""Model presets (docs/design.md §5): `tiny` (same module structure, small widths), `mid` (the real structure and
+vocabulary at widths between the two, so a CPU latency measurement means something) and `kosmos-2` (the real
+shapes)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from transformers import Kosmos2Config
 from runtime.errors import MobileVLAError
 from runtime.specs import HEAD_VARIANTS
 
-PRESETS = ("tiny", "kosmos-2")
+PRESETS = ("tiny", "mid", "kosmos-2")
 TINY_VOCAB = 512
 NUM_IMAGE_TOKENS = 64  # Kosmos-2's latent queries; both layouts depend on this count
 
@@ -50,6 +52,13 @@ def kosmos_config(preset: str) -> Kosmos2Config:
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
             image_size=224, patch_size=14,
         )
+        config = Kosmos2Config(text_config=text, vision_config=vision, latent_query_num=NUM_IMAGE_TOKENS)
+    elif preset == "mid":
+        # Kosmos-2's own vocabulary (65037, the default) and position table; half its text width, layers and FFN;
+        # a third of its vision layers at half width. ~1 GB of FP32 weights in all (the trunk 0.87 GB).
+        text = dict(embed_dim=1024, layers=12, ffn_dim=4096, attention_heads=16, dropout=0.0, attention_dropout=0.0)
+        vision = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+                      image_size=224, patch_size=14)
         config = Kosmos2Config(text_config=text, vision_config=vision, latent_query_num=NUM_IMAGE_TOKENS)
     elif preset == "kosmos-2":
         config = Kosmos2Config(latent_query_num=NUM_IMAGE_TOKENS)

@@ -9,8 +9,11 @@ from typing import Any
 
 import torch
 
+from build_engines.device_graphs import device_markdown
 from build_engines.int8 import Int8Result
 from build_engines.parity import ParityReport
+from build_engines.plan.command import build_report_plan
+from build_engines.plan.report import plan_markdown
 from runtime.bundle import PartEntry
 
 
@@ -33,6 +36,7 @@ def build_report(layout: str, instruction: str, source: dict[str, Any], parity: 
         "sizes_bytes": sizes,
         "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
         "instruction": instruction,
+        "plan": build_report_plan(stage),  # `build_engines --plan`, from the staged manifest
     }
 
 
@@ -56,6 +60,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| part | size |", "|---|---|"]
     lines += [f"| {name} | {size / 1e6:.2f} MB |" for name, size in report["sizes_bytes"].items()]
     lines += ["", "Timings: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()), ""]
+    if "device_graphs" in report:  # a build without episodes; with --int8 they are in the accuracy report
+        lines += device_markdown(report["device_graphs"])
+    if "plan" in report:
+        lines += plan_markdown(report["plan"])
     return "\n".join(lines)
 
 
@@ -106,6 +114,8 @@ def accuracy_markdown(report: dict[str, Any]) -> str:
         f"{limits['sign_agreement']:.0%} | {'yes' if e2e['sign_agreement'] >= limits['sign_agreement'] else 'NO'} |",
         "",
     ]
+    if "device_graphs" in report:
+        lines += device_markdown(report["device_graphs"])
     if report["warnings"]:
         lines += ["Warnings:", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     return "\n".join(lines)

@@ -3,9 +3,12 @@
 Imports no torch/transformers/onnx: on the Jetson, `build_engines --engines-only --bundle DIR` needs only TensorRT
 and pycuda. TensorRT is imported lazily; where it is missing, the caller says what to run on the device.
 
-- FP16: the FP32 ONNX with the FP16 builder flag.
-- INT8: the Q/DQ ONNX as a strongly typed network (TensorRT >= 10; on 8.6 explicit Q/DQ with the INT8 and FP16
-  flags). Only parts whose precision is int8 (they passed the accuracy gate) get an INT8 engine.
+- FP16: the FP16-typed graph (`NAME.fp16.onnx`, build_engines/fp16.py) as a strongly typed network: every layer in
+  the type the graph gives it, FP32 only where the graph keeps it on purpose. A bundle without it (built before, or
+  a part whose FP16 graph failed its gate) builds from the FP32 ONNX with the FP16 builder flag.
+- INT8: the FP16-typed Q/DQ graph (`NAME.int8.fp16.onnx`) as a strongly typed network: INT8 where the Q/DQ are,
+  FP16 elsewhere (no FP32 islands); without it, the FP32 Q/DQ graph. On TensorRT 8.6 (no strong typing): explicit
+  Q/DQ with the INT8 and FP16 flags. Only parts whose precision is int8 (they passed the gate) get an INT8 engine.
 - `parse_from_file`, so external weight files resolve beside the ONNX, not against the working directory.
 - Workspace pool capped at a share of the memory available now (on a Jetson GPU and CPU share RAM).
 - The timing cache lives in the bundle (`engines/timing.cache`) and is reused by the next build.
@@ -92,15 +95,24 @@ def strongly_typed_flag() -> int | None:
     return None if flag is None else 1 << int(flag)
 
 
+def typed_graph(entry: PartEntry, precision: str) -> bool:
+    """Whether the part's `precision` graph carries the device's types, so it is built as a strongly typed network:
+    every Q/DQ graph, and the FP16-typed graph where the bundle has one."""
+    return precision == "int8" or entry.fp16_onnx is not None
+
+
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, workspace: int, cache_path: Path,
-                 lines: list[str]) -> float:
-    """Parse `onnx_path`, build one engine, write it and the updated timing cache; returns seconds taken."""
+                 lines: list[str], typed: bool) -> float:
+    """Parse `onnx_path`, build one engine, write it and the updated timing cache; returns seconds taken.
+
+    `typed`: the graph carries the device's types (FP16-typed, or Q/DQ): a strongly typed network runs it as written.
+    """
     import tensorrt as trt
 
     started = time.perf_counter()
     logger = make_logger(lines)
     builder = trt.Builder(logger)
-    strongly = strongly_typed_flag() if precision == "int8" else None
+    strongly = strongly_typed_flag() if typed else None
     network = builder.create_network(strongly or 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -111,11 +123,10 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, workspace: 
         )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if precision == "fp16":
+    if strongly is None:  # weakly typed: the FP32 graph with the FP16 flag; TensorRT 8.6: explicit Q/DQ
         config.set_flag(trt.BuilderFlag.FP16)
-    elif strongly is None:  # TensorRT 8.6: explicit Q/DQ in a weakly typed network
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
@@ -125,14 +136,15 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, workspace: 
             f"TensorRT failed to build the {precision} engine for {onnx_path.name} (last log lines: {tail}). Out of "
             f"memory is the usual cause on a 16 GB Jetson: stop other processes, add swap, or lower --workspace-mb"
         )
-    write_atomically(engine_path, bytes(plan))
+    write_atomically(engine_path, memoryview(plan))  # no second host copy of a multi-GB engine
     write_atomically(cache_path, bytes(config.get_timing_cache().serialize()))
     return time.perf_counter() - started
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
     temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_bytes(data)
+    with temporary.open("wb") as handle:
+        handle.write(data)
     os.replace(temporary, path)
 
 
@@ -193,15 +205,17 @@ def build_bundle_engines(root: Path, workspace_mb: int | None = None, force: boo
 def build_one(bundle: Bundle, name: str, precision: str, workspace: int, cache_path: Path,
               device: DeviceInfo, version: str, report: dict[str, Any]) -> dict[str, Any]:
     entry = bundle.manifest.parts[name]
-    onnx_name = entry.int8_onnx if precision == "int8" else entry.onnx
-    assert onnx_name is not None
+    onnx_name = entry.device_onnx(precision)
+    typed = typed_graph(entry, precision)
     relative = f"{ENGINE_DIR}/{name}.{precision}.engine"
     lines: list[str] = []
     log.info("building the %s %s engine from %s (workspace %d MB)", name, precision, onnx_name, workspace >> 20)
-    seconds = build_engine(bundle.path(onnx_name), bundle.path(relative), precision, workspace, cache_path, lines)
+    seconds = build_engine(bundle.path(onnx_name), bundle.path(relative), precision, workspace, cache_path, lines,
+                           typed)
     record: dict[str, Any] = {"file": relative, "precision": precision, "source": onnx_name, "tensorrt": version,
               "device": device.name, "compute_capability": device.compute_capability,
-              "strongly_typed": precision == "int8" and strongly_typed_flag() is not None,
+              "strongly_typed": typed and strongly_typed_flag() is not None,
+              "layers": entry.layers.get(precision, {}),
               "size_bytes": bundle.path(relative).stat().st_size, "sha256": sha256_file(bundle.path(relative)),
               "build_s": round(seconds, 1)}
     report["engines"][f"{name}.{precision}"] = record

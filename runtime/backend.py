@@ -15,12 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 
 from runtime.bundle import Bundle
+from runtime.errors import MobileVLAError
 from runtime.prompt import TextInputs
 from runtime.runners import Activated, OnnxRuntimeRunner
 
@@ -127,9 +129,26 @@ class OnnxRuntimeBackend(Activated):
 
 
 def onnx_backend(bundle: Bundle, precision: str = "fp32", threads: int = 0) -> OnnxRuntimeBackend:
-    """ONNX Runtime on the CPU; `int8` runs the Q/DQ graph of each part whose precision is int8, FP32 elsewhere."""
-    runners = {
-        name: OnnxRuntimeRunner(bundle.part_path(name, precision), entry.spec, threads=threads)
-        for name, entry in bundle.manifest.parts.items()
-    }
-    return OnnxRuntimeBackend(bundle, runners, precision)
+    """ONNX Runtime on the CPU; `int8` runs the Q/DQ graph of each part whose precision is int8, FP32 elsewhere: the
+    graphs TensorRT's INT8 engines are built from, so the reference to compare them with. What `runtime` itself runs
+    on ONNX Runtime is chosen per part in runtime/backend_select.py (`onnx_choice`) and opened with
+    `onnx_backend_from`."""
+    return onnx_backend_from(bundle, {name: bundle.part_path(name, precision) for name in bundle.manifest.parts},
+                             precision, threads)
+
+
+def require_cpu_graphs(bundle: Bundle) -> None:
+    """Refuse a bundle slimmed for the device (`build_engines --slim`): ONNX Runtime's graphs are gone from it."""
+    if bundle.manifest.target == "device":
+        raise MobileVLAError(
+            f"bundle {bundle.root} was slimmed for the device (build_engines --slim): its CPU graphs are gone, so "
+            f"ONNX Runtime cannot run it. Run it with --backend tensorrt on the Jetson, or use the full bundle"
+        )
+
+
+def onnx_backend_from(bundle: Bundle, paths: Mapping[str, Path], label: str, threads: int = 0) -> OnnxRuntimeBackend:
+    """ONNX Runtime on the CPU running the ONNX file `paths[part]` for each part; `label` names the choice in logs."""
+    require_cpu_graphs(bundle)
+    runners = {name: OnnxRuntimeRunner(paths[name], entry.spec, threads=threads)
+               for name, entry in bundle.manifest.parts.items()}
+    return OnnxRuntimeBackend(bundle, runners, label)

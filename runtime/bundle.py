@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.cpu_int8 import CpuInt8Form
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptSettings
@@ -112,10 +113,43 @@ class PartEntry:
     int8_external_data: str | None = None
     precision: str = "fp16"
     engines: dict[str, Any] = field(default_factory=dict)  # precision -> {file, tensorrt, device, sha256, ...}
+    # The device's graphs (build_engines/fp16.py): FP16-typed, and the FP16-typed Q/DQ graph. TensorRT builds them
+    # as strongly typed networks; `layers` counts, per device precision, the INT8/FP16/FP32 layers they hold.
+    fp16_onnx: str | None = None
+    fp16_external_data: str | None = None
+    int8_fp16_onnx: str | None = None
+    int8_fp16_external_data: str | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    # ONNX Runtime's own INT8 graph of the part and its measured speed (runtime/cpu_int8.py); None: not built
+    cpu_int8: CpuInt8Form | None = None
 
-    def files(self) -> list[str]:
-        names = [self.onnx, self.external_data, self.int8_onnx, self.int8_external_data]
+    def files(self, target: str = "full") -> list[str]:
+        """The part's files; for a bundle slimmed for the device (`target` device), only what TensorRT builds from."""
+        if target == "device":
+            return [name for name in self.device_files() if name is not None]
+        names = [self.onnx, self.external_data, self.int8_onnx, self.int8_external_data, self.fp16_onnx,
+                 self.fp16_external_data, self.int8_fp16_onnx, self.int8_fp16_external_data]
+        names += self.cpu_int8.files() if self.cpu_int8 else []
         return [name for name in names if name is not None]
+
+    def device_files(self) -> list[str | None]:
+        """What the device's engine builds read: the FP16-typed graphs, or the FP32 ones where a part has none."""
+        names = [self.fp16_onnx, self.fp16_external_data] if self.fp16_onnx else [self.onnx, self.external_data]
+        if self.precision == "int8":
+            names += ([self.int8_fp16_onnx, self.int8_fp16_external_data] if self.int8_fp16_onnx
+                      else [self.int8_onnx, self.int8_external_data])
+        return names
+
+    def device_onnx(self, precision: str) -> str:
+        """The ONNX TensorRT builds the `precision` engine from: the FP16-typed graph when the bundle has it (a
+        bundle built before them: the FP32 graph with the FP16 builder flag, or the FP32 Q/DQ graph)."""
+        if precision == "int8":
+            chosen = self.int8_fp16_onnx or self.int8_onnx
+        else:
+            chosen = self.fp16_onnx or self.onnx
+        if chosen is None:
+            raise ValueError(f"bug: part {self.spec.name} has no {precision} graph")
+        return chosen
 
     def onnx_for(self, precision: str) -> str:
         """The ONNX file ONNX Runtime runs for `precision`: the Q/DQ graph for int8 parts, else the FP32 graph."""
@@ -123,8 +157,11 @@ class PartEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"onnx": self.onnx, "external_data": self.external_data, "int8_onnx": self.int8_onnx,
-                "int8_external_data": self.int8_external_data, "precision": self.precision,
-                "engines": self.engines, **self.spec.to_dict()}
+                "int8_external_data": self.int8_external_data, "fp16_onnx": self.fp16_onnx,
+                "fp16_external_data": self.fp16_external_data, "int8_fp16_onnx": self.int8_fp16_onnx,
+                "int8_fp16_external_data": self.int8_fp16_external_data, "precision": self.precision,
+                "cpu_int8": self.cpu_int8.to_dict() if self.cpu_int8 else None,
+                "layers": self.layers, "engines": self.engines, **self.spec.to_dict()}
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> PartEntry:
@@ -139,6 +176,12 @@ class PartEntry:
             int8_external_data=data.get("int8_external_data"),
             precision=precision,
             engines=dict(data.get("engines", {})),
+            fp16_onnx=data.get("fp16_onnx"),
+            fp16_external_data=data.get("fp16_external_data"),
+            int8_fp16_onnx=data.get("int8_fp16_onnx"),
+            int8_fp16_external_data=data.get("int8_fp16_external_data"),
+            layers=dict(data.get("layers", {})),
+            cpu_int8=CpuInt8Form.from_dict(data["cpu_int8"]) if data.get("cpu_int8") else None,
         )
 
 
@@ -155,6 +198,7 @@ class Manifest:
     producer: str
     warnings: tuple[str, ...] = ()  # e.g. a part that failed the INT8 gate and fell back to FP16
     format_version: int = FORMAT_VERSION
+    target: str = "full"  # "device": slimmed to what the robot runs (build_engines --slim); no CPU graphs left
 
     @property
     def has_int8(self) -> bool:
@@ -173,6 +217,7 @@ class Manifest:
             "files": self.files,
             "reports": self.reports,
             "warnings": list(self.warnings),
+            "target": self.target,
         }
 
     @classmethod
@@ -189,6 +234,7 @@ class Manifest:
             files={str(k): str(v) for k, v in data["files"].items()},
             reports={str(k): str(v) for k, v in data.get("reports", {}).items()},
             warnings=tuple(str(w) for w in data.get("warnings", [])),
+            target=bundle_target(data.get("target", "full")),
         )
 
 
@@ -263,10 +309,19 @@ def check_values(manifest_path: Path, manifest: Manifest) -> None:
         )
 
 
+TARGETS = ("full", "device")
+
+
+def bundle_target(value: object) -> str:
+    if value not in TARGETS:
+        raise ValueError(f"target {value!r} is not one of {TARGETS}")
+    return str(value)
+
+
 def check_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:
     listed = set(manifest.files)
     for entry in manifest.parts.values():
-        for needed in entry.files():
+        for needed in entry.files(manifest.target):
             if needed not in listed:
                 raise MobileVLAError(f"bundle {root}: manifest lists part file {needed} without a sha256; rebuild")
     for relative, expected in sorted(manifest.files.items()):

@@ -59,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tensorrt (engines in the bundle, needs TensorRT + pycuda + a GPU), onnxruntime (CPU), or "
                              "auto: TensorRT when its engines can run here, else ONNX Runtime; the choice is logged")
     parser.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
-                        help="auto: int8 when the bundle has INT8 parts (fp16 elsewhere on TensorRT, fp32 on ONNX "
-                             "Runtime); fp16 is TensorRT only, fp32 ONNX Runtime only")
+                        help="auto: on TensorRT int8 when the bundle has INT8 parts, else fp16; on ONNX Runtime, per "
+                             "part, the CPU INT8 form where the bundle's measurement says it is faster than FP32, "
+                             "else fp32 (each choice and its reason are logged). int8 on ONNX Runtime runs the CPU "
+                             "INT8 forms (an older bundle's Q/DQ graphs, slower, with a warning). fp16 is TensorRT "
+                             "only, fp32 ONNX Runtime only")
     parser.add_argument("--source", default=None,
                         help=f"frame source: {SOURCE_FORMS} (default: config source.spec, `synthetic`)")
     parser.add_argument("--h5-color", choices=("bgr", "rgb"), default=None,

@@ -10,8 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from runtime.backend import onnx_backend
-from runtime.backend_select import onnx_precision
+from runtime.backend_select import onnx_precision, open_onnx_backend
 from runtime.bundle import Bundle
 from runtime.config import RuntimeConfig
 from runtime.errors import MobileVLAError
@@ -58,7 +57,7 @@ def score_run(args: argparse.Namespace, config: RuntimeConfig, bundle: Bundle, p
         assert got.recorded_action is not None  # require_actions: the reader refused episodes without them
         rows.append((got.episode, result.velocity[:dim].copy(), got.recorded_action[:dim]))
 
-    backend = onnx_backend(bundle, precision, config.threads)
+    backend = open_onnx_backend(precision, bundle, config.threads)  # the graphs `runtime` runs, logged
     result, _ = run_policy(config, bundle, backend, args, None, collect, frames, require_actions=True)
     if result.frames == 0:
         raise MobileVLAError(f"source {config.source.spec} delivered no frames to score")

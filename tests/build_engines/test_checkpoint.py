@@ -215,5 +215,5 @@ def test_config_contradicting_the_weights(tmp_path: Path, written: tuple[Referen
 
 def test_unknown_preset(written: tuple[ReferencePolicy, Path, Path]) -> None:
     _, ckpt, config = written
-    with pytest.raises(MobileVLAError, match=r"unknown preset 'kosmos-3'; expected one of tiny, kosmos-2"):
+    with pytest.raises(MobileVLAError, match=r"unknown preset 'kosmos-3'; expected one of tiny, mid, kosmos-2"):
         import_checkpoint(ckpt, config, preset="kosmos-3")

@@ -1,0 +1,392 @@
+"""`build_engines --int8` for ONNX Runtime: each part's CPU INT8 form, gated like the Q/DQ graph, timed against FP32.
+
+The Q/DQ graphs are what TensorRT needs (quantize.py); ONNX Runtime on the CPU runs them slower than FP32, because
+after its optimization no integer kernel remains (docs/design.md §4). The CPU INT8 form, `<part>.cpu-int8.onnx`, is
+ONNX Runtime's dynamic quantization of the FP32 part: int8 weights per output channel, activations quantized to
+uint8 at run time, on the weight MatMuls and Gemms. ONNX Runtime fuses those into integer kernels
+(`DynamicQuantizeMatMul`, `MatMulIntegerToFloat`: u8×s8, VNNI where the CPU has it). As in the Q/DQ graphs,
+attention's activation×activation MatMuls and the `--keep-float` nodes (the image-to-text projection) stay float,
+and so does the LSTM. Measured (README): with AVX-512 VNNI, int8 weights run 1.6-2x faster than uint8 weights on
+the mid preset; per-tensor weights are a little faster than per-channel but lose accuracy; quantizing the LSTM
+(`DynamicQuantizeLSTM`) halves the head's few milliseconds but, with the trunk's form, breaks the demo's
+end-to-end sign agreement (95% < 98%), and so does quantizing the projection.
+
+Per part: quantize; count the integer kernels left in ONNX Runtime's optimized graph; gate (per-part cosine against
+FP32 on the held-out frames, `int8.part_gate`); time FP32 against CPU INT8 (`CpuSpeed`: medians of interleaved
+runs, the same sessions and threads). Then the end-to-end gate (`int8.end_to_end_gate`) runs the held-out episodes
+with the forms `--precision auto` will run (gated and faster), the weakest falling back first; and once more with
+the gated forms that are not faster added (what `--precision int8` runs), which are dropped together if they break
+it. A form that fails a gate keeps FP32 on the CPU: its file is removed and the manifest warns. A form that passes
+but is not faster stays in the bundle for `--precision int8`; the report notes that `auto` keeps FP32 there. The
+forms and their measurements go into the manifest (`PartEntry.cpu_int8`), the figures into the accuracy report
+(`cpu_int8`).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from build_engines.int8 import (
+    Int8Options,
+    Int8Result,
+    PartGate,
+    Quantizer,
+    chunk0_episodes,
+    end_to_end_gate,
+    external_file,
+    gate_refs,
+    part_gate,
+    scan_dataset,
+)
+from build_engines.quantize import activation_matmuls
+from calibration.cascade import Feed, load_frames
+from calibration.sampling import split_episodes
+from runtime.bundle import Bundle, PartEntry
+from runtime.cpu_int8 import CPU_INT8_SUFFIX, MIN_CPU_SPEEDUP, CpuHost, CpuInt8Form, CpuSpeed, cpu_host
+from runtime.errors import MobileVLAError, check_range
+from runtime.preprocess import check_choice
+from runtime.runners import OnnxRuntimeRunner
+from runtime.specs import PART_NAMES
+
+log = logging.getLogger("build_engines.cpu_int8")
+
+WEIGHT_TYPES = ("int8", "uint8")
+# Op types of ONNX Runtime's integer kernels, as they appear in its optimized graph (fused) or in the saved one.
+INTEGER_KERNELS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul",
+                   "DynamicQuantizeLSTM", "ConvInteger", "QLinearConv")
+
+
+@dataclass(frozen=True)
+class CpuInt8Settings:
+    weight_type: str = "int8"  # measured faster than uint8 with VNNI (module docstring)
+    op_types: tuple[str, ...] = ("MatMul", "Gemm")  # "LSTM" also works (DynamicQuantizeLSTM): module docstring
+    per_channel: bool = True
+    timing_runs: int = 15  # interleaved FP32/INT8 pairs, at least (fewer only when the budget runs out)
+    timing_min_s: float = 1.0  # keep pairing until this long: a part that runs in a millisecond needs many runs
+    timing_budget_s: float = 30.0  # stop after this long, once `timing_min_runs` pairs are in
+    timing_min_runs: int = 3
+    timing_warmup: int = 2  # untimed runs of each session first (first runs allocate)
+
+    def validate(self) -> None:
+        check_choice("CPU INT8 weight type", self.weight_type, WEIGHT_TYPES)
+        unknown = [op for op in self.op_types if op not in ("MatMul", "Gemm", "LSTM", "Conv")]
+        if unknown or not self.op_types:
+            raise MobileVLAError(f"CPU INT8 op types {self.op_types}: expected a subset of MatMul, Gemm, LSTM, Conv")
+        check_range("CPU INT8 timing runs", self.timing_runs, 1)
+        check_range("CPU INT8 timing minimum runs", self.timing_min_runs, 1, self.timing_runs)
+        check_range("CPU INT8 timing minimum seconds", self.timing_min_s, 0.0)
+        check_range("CPU INT8 timing budget seconds", self.timing_budget_s, 0.0, low_open=True)
+        check_range("CPU INT8 timing warm-up runs", self.timing_warmup, 0)
+
+
+@dataclass
+class CpuPart:
+    """One part's CPU INT8 form as built: file, integer kernels, gate, speed, and whether it is kept."""
+
+    onnx: str
+    external_data: str | None
+    integer_kernels: dict[str, int]
+    gate: PartGate
+    speed: CpuSpeed
+    quantize_s: float
+    size_bytes: int
+    kept: bool = False  # passed every gate: in the bundle
+    dropped: str | None = None  # why not, when not kept
+
+    @property
+    def auto(self) -> bool:
+        """What `--precision auto` runs on ONNX Runtime (runtime/backend_select.py decides the same way)."""
+        return self.kept and self.speed.faster
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "kept": self.kept, "auto": self.auto, "dropped": self.dropped,
+                "integer_kernels": self.integer_kernels, "gate": asdict(self.gate), "speed": self.speed.to_dict(),
+                "quantize_s": self.quantize_s, "size_bytes": self.size_bytes}
+
+
+@dataclass
+class CpuInt8Result:
+    parts: dict[str, PartEntry]
+    warnings: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def integer_kernels(path: Path) -> dict[str, int]:
+    """Integer-kernel nodes in ONNX Runtime's optimized graph of `path` (on this CPU): proof that the form runs
+    integer GEMMs, not dequantize-and-FP32 (what became of the Q/DQ graphs here)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="cpu-int8-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3  # its warning that the saved graph is hardware-specific: we only count nodes
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        counts = Counter(node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node)
+    return {op: counts[op] for op in INTEGER_KERNELS if counts[op]}
+
+
+class QuantizerChatter(logging.Filter):
+    """ONNX Runtime's quantizer logs through the root logger: an INFO line per unquantized tensor (hundreds at real
+    size) and advice to pre-process that is for static quantization. Dropped while it runs; its warnings stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "onnxruntime" not in record.pathname or "quantization" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and not record.getMessage().startswith("Please consider to run pre")
+
+
+def quantize_cpu_part(fp32: Path, output: Path, settings: CpuInt8Settings, external_data: bool,
+                      keep_float: Sequence[str] = ()) -> float:
+    """Write the dynamic-quantized form of `fp32` to `output` (weights in `<output>.data` when external); seconds.
+    Nodes whose names contain a `keep_float` pattern stay float (`--keep-float`, as in the Q/DQ graphs)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings.validate()
+    started = time.perf_counter()
+    graph = onnx.load(str(fp32), load_external_data=False)
+    # Q·Kᵀ and P·V: no weights to shrink, accuracy to lose; the kept-float nodes: measured (README, INT8 section)
+    excluded = activation_matmuls(graph)
+    excluded += [node.name for node in graph.graph.node if any(pattern in node.name for pattern in keep_float)]
+    chatter = QuantizerChatter()
+    logging.getLogger().addFilter(chatter)
+    try:
+        quantize_dynamic(
+            str(fp32), str(output),
+            op_types_to_quantize=list(settings.op_types),
+            per_channel=settings.per_channel,
+            weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
+            nodes_to_exclude=excluded,
+            use_external_data_format=external_data,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.getLogger().removeFilter(chatter)
+    return time.perf_counter() - started
+
+
+def _timed_run(runner: OnnxRuntimeRunner, feed: Feed) -> float:
+    for name, value in feed.items():
+        runner.inputs[name][...] = value  # copied in before the clock starts: only the session is timed
+    started = time.perf_counter()
+    runner.run()
+    return (time.perf_counter() - started) * 1e3
+
+
+def measure_speed(fp32: OnnxRuntimeRunner, int8: OnnxRuntimeRunner, feeds: Sequence[Feed],
+                  settings: CpuInt8Settings, host: CpuHost) -> CpuSpeed:
+    """Median latency of both runners over interleaved runs on the same feeds (alternating which goes first, so
+    drift and cache effects fall on both alike)."""
+    if not feeds:
+        raise RuntimeError("bug: no feeds to time the CPU INT8 form on")
+    for _ in range(settings.timing_warmup):
+        _timed_run(fp32, feeds[0])
+        _timed_run(int8, feeds[0])
+    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    started = time.perf_counter()
+    pair = 0
+    while True:
+        elapsed = time.perf_counter() - started
+        if pair >= settings.timing_min_runs and elapsed >= settings.timing_budget_s:
+            break
+        if pair >= settings.timing_runs and elapsed >= settings.timing_min_s:
+            break
+        feed = feeds[pair % len(feeds)]
+        order = ("fp32", "int8") if pair % 2 == 0 else ("int8", "fp32")
+        for which in order:
+            times[which].append(_timed_run(fp32 if which == "fp32" else int8, feed))
+        pair += 1
+    return CpuSpeed(statistics.median(times["fp32"]), statistics.median(times["int8"]), pair, fp32.threads, host,
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def remove_form(root: Path, part: CpuPart, why: str) -> None:
+    part.kept, part.dropped = False, why
+    for name in (part.onnx, part.external_data):
+        if name is not None:
+            (root / name).unlink(missing_ok=True)
+
+
+def build_part(q: Quantizer, name: str, feeds: Sequence[Feed], settings: CpuInt8Settings, host: CpuHost,
+               threshold: float) -> CpuPart:
+    """Quantize, count integer kernels, gate and time one part; its runner becomes `q.int8[name]`."""
+    bundle = q.bundle
+    entry = bundle.manifest.parts[name]
+    onnx_name = f"{name}{CPU_INT8_SUFFIX}"
+    target = bundle.root / onnx_name
+    seconds = quantize_cpu_part(bundle.part_path(name), target, settings, entry.external_data is not None,
+                                q.options.quant.exclude)
+    external = external_file(bundle.root, onnx_name)
+    kernels = integer_kernels(target)
+    q.int8[name] = q.activate(name, target)
+    gate = part_gate(q.fp32[name], q.int8[name], feeds, threshold)
+    speed = measure_speed(q.fp32[name], q.int8[name], feeds, settings, host)
+    size = sum((bundle.root / f).stat().st_size for f in (onnx_name, external) if f)
+    log.info("%s CPU INT8: %s; cosine mean %.5f min %.5f over %d held-out samples: %s; %s", name,
+             ", ".join(f"{n} {op}" for op, n in kernels.items()) or "NO integer kernels", gate.cosine_mean,
+             gate.cosine_min, gate.samples, "passed" if gate.passed else "FAILED", speed.describe())
+    return CpuPart(onnx_name, external, kernels, gate, speed, round(seconds, 2), size, kept=gate.passed,
+                   dropped=None if gate.passed else f"cosine {gate.cosine_mean:.6f} < {threshold}")
+
+
+def gate_for(parts: Mapping[str, CpuPart], chosen: Sequence[str]) -> dict[str, PartGate]:
+    """The per-part gates as `end_to_end_gate` reads them: only `chosen` parts count as passed (run INT8)."""
+    return {name: replace(part.gate, passed=name in chosen) for name, part in parts.items()}
+
+
+def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Settings | None = None) -> CpuInt8Result:
+    """Write `<part>.cpu-int8.onnx` beside each FP32 part of a staged bundle, gate and time them; returns the parts
+    with `cpu_int8` set where the form is kept, the warnings, and the report block."""
+    settings = settings or CpuInt8Settings()
+    settings.validate()
+    options.validate()
+    started = time.perf_counter()
+    manifest = bundle.manifest
+    scan = scan_dataset(options, manifest.policy.window)
+    split = split_episodes(scan.episodes, options.sample)  # the same split, held-out frames and episodes as int8.py
+    held_refs = gate_refs(split.held_out, options.gate.part_frames, options.sample.seed)
+    held_frames = load_frames(held_refs, options.color, manifest.preprocessing, manifest.policy.window)
+    host = cpu_host()
+    warnings: list[str] = []
+    parts: dict[str, CpuPart] = {}
+    e2e: dict[str, Any] = {}
+    with ExitStack() as stack:
+        q = Quantizer(bundle, options, stack)
+        for name in PART_NAMES:
+            feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)  # FP32 upstream, as int8.py gates
+            parts[name] = build_part(q, name, feeds, settings, host, options.gate.cosine)
+            if not parts[name].kept:
+                remove_form(bundle.root, parts[name], "per-part gate")
+                warnings.append(f"{name}: CPU INT8 cosine {parts[name].gate.cosine_mean:.6f} < {options.gate.cosine} "
+                                f"on held-out frames; ONNX Runtime keeps FP32 for this part")
+        auto = [n for n in PART_NAMES if parts[n].kept and parts[n].speed.faster]
+        extra = [n for n in PART_NAMES if parts[n].kept and not parts[n].speed.faster]
+        # A speed outcome, not an accuracy problem: in the report and the log; the runtime logs it again per run
+        notes = [f"{n}: CPU INT8 is not faster than FP32 here ({parts[n].speed.speedup:.2f}x < {MIN_CPU_SPEEDUP:g}x); "
+                 f"--precision auto keeps FP32 for this part on ONNX Runtime" for n in extra]
+        for note in notes:
+            log.info("%s", note)
+        if auto or extra:
+            reference = chunk0_episodes(bundle, q.fp32, split.held_out, options.color, "gate: FP32 episodes")
+        if auto:
+            e2e["auto"], fallbacks = end_to_end_gate(bundle, q, gate_for(parts, auto), reference, split.held_out,
+                                                     options)
+            for n in fallbacks:
+                remove_form(bundle.root, parts[n], "end-to-end gate")
+                warnings.append(f"{n}: CPU INT8 dropped to meet the end-to-end gate; ONNX Runtime keeps FP32 here")
+            if not e2e["auto"]["passed"]:
+                for n in e2e["auto"]["int8_parts"]:  # `--on-gate-failure stop`: no fallback was tried
+                    remove_form(bundle.root, parts[n], "end-to-end gate")
+                warnings.append(end_to_end_warning(e2e["auto"], options))
+        if extra:
+            kept = [n for n in PART_NAMES if parts[n].kept]
+            once = replace(options, gate=replace(options.gate, on_failure="stop"))  # one run, no fallback
+            e2e["int8"], _ = end_to_end_gate(bundle, q, gate_for(parts, kept), reference, split.held_out, once)
+            if not e2e["int8"]["passed"]:
+                for n in extra:
+                    remove_form(bundle.root, parts[n], "end-to-end gate with --precision int8's forms")
+                warnings.append(end_to_end_warning(e2e["int8"], options) + f"; dropped the CPU INT8 forms of "
+                                f"{', '.join(extra)} (not faster, and they break the gate)")
+    if options.gate.on_failure == "stop" and any(not p.kept for p in parts.values()):
+        raise MobileVLAError(
+            "the CPU INT8 accuracy gate failed: " + "; ".join(warnings) + ". No bundle was written. Pass "
+            "--on-gate-failure fallback to keep the failing parts at FP32 on ONNX Runtime"
+        )
+    for warning in warnings:
+        log.warning("%s", warning)
+    entries = {name: replace(manifest.parts[name], cpu_int8=CpuInt8Form(p.onnx, p.external_data, p.speed)
+                             if p.kept else None) for name, p in parts.items()}
+    report = cpu_report(parts, e2e, settings, host, warnings, notes, time.perf_counter() - started)
+    return CpuInt8Result(entries, warnings, report)
+
+
+def end_to_end_warning(result: Mapping[str, Any], options: Int8Options) -> str:
+    return (f"CPU INT8 end-to-end gate failed: chunk[0] MAE {result['mae']:.4f} (limit {options.gate.mae}), sign "
+            f"agreement {result['sign_agreement']:.1%} (limit {options.gate.sign_agreement:.0%}) with CPU INT8 parts "
+            f"{result['int8_parts'] or 'none'}")
+
+
+def cpu_report(parts: Mapping[str, CpuPart], e2e: Mapping[str, Any], settings: CpuInt8Settings, host: CpuHost,
+               warnings: Sequence[str], notes: Sequence[str], seconds: float) -> dict[str, Any]:
+    """The accuracy report's `cpu_int8` block. `policy_ms` sums the parts' medians (the runtime's --benchmark
+    measures the whole loop)."""
+    fp32 = sum(p.speed.fp32_ms for p in parts.values())
+    auto = sum(p.speed.int8_ms if p.auto else p.speed.fp32_ms for p in parts.values())
+    int8 = sum(p.speed.int8_ms if p.kept else p.speed.fp32_ms for p in parts.values())
+    return {
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "settings": asdict(settings),
+        "host": host.to_dict(),
+        "min_speedup": MIN_CPU_SPEEDUP,
+        "parts": {name: part.to_dict() for name, part in parts.items()},
+        "end_to_end": dict(e2e),
+        "onnxruntime_precision": {"auto": {n: "cpu-int8" if p.auto else "fp32" for n, p in parts.items()},
+                                  "int8": {n: "cpu-int8" if p.kept else "Q/DQ or fp32" for n, p in parts.items()}},
+        "policy_ms": {"fp32": round(fp32, 2), "auto": round(auto, 2), "int8": round(int8, 2),
+                      "auto_speedup": round(fp32 / auto, 3), "int8_speedup": round(fp32 / int8, 3)},
+        "warnings": list(warnings),
+        "notes": list(notes),
+        "seconds": round(seconds, 1),
+    }
+
+
+def with_cpu_int8(int8: Int8Result, cpu: CpuInt8Result) -> Int8Result:
+    """The TensorRT INT8 result with the CPU INT8 forms added: parts, warnings, and the report's `cpu_int8`."""
+    parts = {name: replace(entry, cpu_int8=cpu.parts[name].cpu_int8) for name, entry in int8.parts.items()}
+    return Int8Result(parts, int8.warnings + cpu.warnings, {**int8.report, "cpu_int8": cpu.report})
+
+
+def append_markdown(path: Path, report: Mapping[str, Any]) -> None:
+    """Add the CPU INT8 section to the accuracy report's readable page."""
+    with path.open("a") as handle:
+        handle.write("\n" + cpu_int8_markdown(report))
+
+
+def cpu_int8_markdown(report: Mapping[str, Any]) -> str:
+    """The `cpu_int8` block as a section of accuracy_report.md."""
+    host = report["host"]
+    lines = [
+        "## CPU INT8 (ONNX Runtime)",
+        "",
+        f"- form: {report['tool']}, {report['settings']['weight_type']} weights "
+        f"{'per channel' if report['settings']['per_channel'] else 'per tensor'}, uint8 activations at run time, on "
+        f"{', '.join(report['settings']['op_types'])}",
+        f"- timed on {host['model']} ({host['cpus']} CPUs; {', '.join(host['int8_flags']) or 'no VNNI/dot product'}), "
+        f"ONNX Runtime's default threads; --precision auto runs a part's CPU INT8 form when it is at least "
+        f"{report['min_speedup']}x faster",
+        "",
+        "| part | integer kernels | cosine mean | gate | FP32 ms | CPU INT8 ms | speedup | auto runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, part in report["parts"].items():
+        kernels = sum(part["integer_kernels"].values())
+        speed = part["speed"]
+        lines.append(f"| {name} | {kernels} | {part['gate']['cosine_mean']:.5f} | "
+                     f"{'pass' if part['gate']['passed'] else 'FAIL'} | {speed['fp32_ms']:.2f} | "
+                     f"{speed['int8_ms']:.2f} | {speed['speedup']:.2f}x | {'cpu-int8' if part['auto'] else 'fp32'} |")
+    policy = report["policy_ms"]
+    lines += ["", f"Policy (sum of the parts' medians): FP32 {policy['fp32']} ms, auto {policy['auto']} ms "
+                  f"({policy['auto_speedup']}x), int8 {policy['int8']} ms ({policy['int8_speedup']}x).", ""]
+    for label, e2e in report["end_to_end"].items():
+        lines.append(f"End to end ({label}: CPU INT8 {', '.join(e2e['int8_parts']) or 'none'}) over {e2e['episodes']} "
+                     f"held-out episodes: chunk[0] MAE {e2e['mae']:.5f}, max {e2e['max_abs_err']:.5f}, sign agreement "
+                     f"{e2e['sign_agreement']:.2%}: {'passed' if e2e['passed'] else 'FAILED'}")
+    for title, items in (("Warnings", report["warnings"]), ("Notes", report["notes"])):
+        if items:
+            lines += ["", f"{title}:", ""] + [f"- {item}" for item in items]
+    return "\n".join(lines) + "\n"
