@@ -46,12 +46,10 @@ from runtime.bundle import (
     Manifest,
     PartEntry,
     PolicySettings,
-    hash_files,
     load_bundle,
     sha256_file,
-    staged_bundle_dir,
-    write_manifest,
 )
+from runtime.bundle_write import hash_files, staged_bundle_dir, write_manifest
 from runtime.episodes import H5_SUFFIXES, scan_episodes
 from runtime.errors import MobileVLAError, check_range
 from runtime.paths import default_episodes_dir

@@ -24,7 +24,7 @@ log = logging.getLogger("build_engines.output")
 
 TEMP_PREFIX = "mobile-vla-build-"
 TEMP_PATTERN = re.compile(rf"^{re.escape(TEMP_PREFIX)}(?P<pid>\d+)-")
-SIDE_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?:staging|old)-(?P<pid>\d+)$")  # runtime/bundle.py staging_name
+SIDE_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?:staging|old)-(?P<pid>\d+)$")  # runtime/bundle_write.py staging_name
 BUNDLE_EXTRAS = {MANIFEST_NAME, f".{MANIFEST_NAME}.partial", "engines"}  # engines/: built on the device
 SHOW = 5
 

@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from runtime.bundle import load_bundle, write_manifest
+from runtime.bundle import load_bundle
+from runtime.bundle_write import write_manifest
 from runtime.errors import MobileVLAError
 
 log = logging.getLogger("build_engines.slim")

@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.bundle import Bundle, PartEntry, load_bundle, sha256_file, write_manifest
+from runtime.bundle import Bundle, PartEntry, load_bundle, sha256_file
+from runtime.bundle_write import write_manifest
 from runtime.cuda_support import DeviceInfo, cuda_device, device_command, import_tensorrt
 from runtime.errors import MobileVLAError, check_range
 

@@ -25,7 +25,8 @@ from build_engines.cpu_int8 import (
 from build_engines.int8 import GateSettings, Int8Options, Int8Result
 from build_engines.presets import kosmos_config
 from runtime.backend_select import onnx_choice
-from runtime.bundle import hash_files, load_bundle, write_manifest
+from runtime.bundle import load_bundle
+from runtime.bundle_write import hash_files, write_manifest
 from runtime.cpu_int8 import cpu_host
 from runtime.errors import MobileVLAError
 from runtime.specs import PART_NAMES

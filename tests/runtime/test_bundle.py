@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bundle import FORMAT_VERSION, load_bundle, staged_bundle_dir
+from runtime.bundle import FORMAT_VERSION, load_bundle
+from runtime.bundle_write import staged_bundle_dir
 from runtime.errors import MobileVLAError
 
 

@@ -31,7 +31,8 @@ import pytest
 
 import runtime.cuda_support as cuda_support
 from runtime.backend import PolicyBackend, onnx_backend
-from runtime.bundle import Bundle, load_bundle, sha256_file, write_manifest
+from runtime.bundle import Bundle, load_bundle, sha256_file
+from runtime.bundle_write import write_manifest
 from runtime.cuda_support import CudaDriver, CudaError, DeviceInfo, check_status, import_pycuda, import_tensorrt
 from runtime.errors import MobileVLAError
 from runtime.prompt import PromptEncoder
