@@ -170,7 +170,7 @@ def to_fp16(model: onnx.ModelProto, keep: Iterable[str] = ()) -> Fp16Result:
             runs_fp32 = False
         else:
             runs_fp32 = bool(float_inputs) and all(i in fp32_tensors for i in float_inputs)
-            if runs_fp32 and node.op_type not in KEEP_FP32:
+            if runs_fp32 and node.op_type not in KEEP_FP32 and node.op_type not in NOT_LAYERS:
                 result.kept.setdefault(node.name, "all its inputs are FP32")
         for index, name in enumerate(node.input):
             if name not in float_inputs or (node.op_type == "DequantizeLinear" and index != 1):

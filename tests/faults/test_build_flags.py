@@ -9,7 +9,8 @@ import pytest
 
 from build_engines.cli import main as build_main
 from runtime.paths import EPISODES_ENV
-from tests.faults.test_build_inputs import Run, edited_config, refused, write_run
+from tests.build_engines.test_checkpoint import edit_config
+from tests.faults.test_build_inputs import Run, refused, write_run
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_int8_with_an_episode_less_training_data_dir(run: Run, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "train-data"
     data.mkdir()
-    config = edited_config(run.config, tmp_path / "c.json", train_dataset={"data_dir": str(data)})
+    config = edit_config(run.config, tmp_path / "c.json", train_dataset={"data_dir": str(data)})
     message = refused(run.argv(tmp_path / "out", "--int8", config=config), capsys)
     assert f"train_dataset.data_dir of the training config: {data} holds no .h5/.hdf5 episode files" in message
     assert list(data.iterdir()) == [] and not (tmp_path / "out").exists()

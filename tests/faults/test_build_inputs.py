@@ -3,7 +3,6 @@ the key, before anything is written."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from build_engines.presets import TINY_VOCAB
 from build_engines.tokenizer_gen import write_tiny_tokenizer
 from build_engines.training_config import write_training_config
 from runtime.bundle import ActionSettings
+from tests.build_engines.test_checkpoint import edit_config
 
 ACTION = ActionSettings(norm_action=True, norm_min=(-1.0, -0.5), norm_max=(1.0, 0.5))
 
@@ -51,19 +51,6 @@ def write_run(directory: Path) -> Run:
     write_tiny_tokenizer(run.tokenizer, vocab_size=TINY_VOCAB)
     run.log.write_text("epoch 9 loss 0.012\n")
     return run
-
-
-def edited_config(source: Path, target: Path, **changes: Any) -> Path:
-    """`source` with dotted keys (`train_setup__lora_r`) set; NaN/inf are written as JSON's NaN/Infinity."""
-    data = json.loads(source.read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    target.write_text(json.dumps(data))
-    return target
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -146,7 +133,7 @@ def test_json_named_ckpt_is_not_reported_as_pickled_code(run: Run, tmp_path: Pat
 def test_bad_training_config_values_are_refused_naming_the_key(run: Run, tmp_path: Path, change: dict[str, Any],
                                                                 words: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    config = edited_config(run.config, tmp_path / "bad.json", **change)
+    config = edit_config(run.config, tmp_path / "bad.json", **change)
     message = refused(run.argv(tmp_path / "out", config=config), capsys)
     assert f"training config {config}" in message and words in message, message
     assert "Fix" in message
