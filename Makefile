@@ -7,7 +7,7 @@ TEST_BUNDLE := .cache/test-bundle
 TEST_EPISODES := .cache/test-episodes
 STUBS := .cache/typestubs
 
-.PHONY: demo test test-slow lint lean-test clean system-deps
+.PHONY: demo test test-slow side-by-side lint lean-test clean system-deps
 
 # GStreamer and the headers PyGObject builds against, and systemd-analyze (Debian/Ubuntu). Installs only what is
 # missing.
@@ -74,6 +74,10 @@ lean-test: $(VENV)/.installed $(LEAN)/.installed
 
 test-slow: $(VENV)/.installed
 	$(BIN)/pytest -q -m slow -s
+
+# The training stack's eager forward vs `runtime` (FP32, INT8) on the same frames, interleaved; mid preset (README).
+side-by-side: $(VENV)/.installed
+	$(BIN)/python -m build_engines.side_by_side --preset mid --frames 20 --json .cache/side-by-side-mid.json
 
 clean:
 	rm -rf $(VENV) $(LEAN) .cache .pytest_cache .mypy_cache .ruff_cache

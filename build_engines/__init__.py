@@ -1,1 +1,1 @@
-"""Offline pipeline: RoboVLMs checkpoint -> reference policy -> ONNX parts -> bundle (DESIGN §3)."""
+"""Offline pipeline: RoboVLMs checkpoint -> reference policy -> ONNX parts -> bundle (docs/design.md §3)."""

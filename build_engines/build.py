@@ -17,7 +17,7 @@ import torch
 from build_engines import device_graphs
 from build_engines.checkpoint import ImportedPolicy, import_checkpoint
 from build_engines.checkpoint_writer import write_robovlms_checkpoint
-from build_engines.cpu_int8 import append_markdown, cpu_int8_bundle, with_cpu_int8
+from build_engines.cpu_int8 import cpu_int8_bundle, with_cpu_int8
 from build_engines.export import export_modules, export_part
 from build_engines.fit import FitReport, FitSettings, demo_init, fit_head
 from build_engines.int8 import GateSettings, Int8Options, Int8Result, quantize_bundle
@@ -34,7 +34,7 @@ from build_engines.prompt_tokens import (
 )
 from build_engines.quantize import QuantSettings
 from build_engines.reference import ReferencePolicy
-from build_engines.reports import build_report, write_reports
+from build_engines.reports import append_markdown, build_report, stage_memory, write_reports
 from build_engines.tensorrt_build import build_bundle_engines, check_workspace_mb, import_tensorrt
 from build_engines.tokenizer_gen import write_tiny_tokenizer
 from build_engines.training_config import default_training_config, write_training_config
@@ -223,6 +223,11 @@ def random_policy(options: BuildOptions) -> ImportedPolicy:
     return ImportedPolicy(policy, default_training_config(head, DEMO_NORMALIZATION), None, 0, 0)
 
 
+def release_weights(policy: ReferencePolicy) -> None:
+    """Free the reference policy's tensors once parity is done (its shapes and settings stay readable)."""
+    policy.to(torch.device("meta"))
+
+
 def bundle_prompt(options: BuildOptions, tokenizer: Path, policy: ReferencePolicy,
                   label: Path | str | None = None) -> PromptSettings:
     vocab = int(policy.backbone.text_model.model.embed_tokens.num_embeddings)
@@ -314,6 +319,8 @@ def build_bundle(options: BuildOptions) -> BuildResult:
             parity = run_parity(imported.policy, stage, options)
             if not parity.passed:
                 raise MobileVLAError(parity_failure(parity))  # before any report: nothing of this build is kept
+            stage_memory(timings, "export_parity")
+            release_weights(imported.policy)  # the ONNX parts hold them now: 6.6 GB back at real size
             int8 = None
             if options.int8:
                 data = calibration_data(options, imported)
@@ -323,10 +330,12 @@ def build_bundle(options: BuildOptions) -> BuildResult:
                 int8 = with_cpu_int8(int8, cpu_int8_bundle(load_bundle(stage, verify_hashes=False), int8_options))
                 parts, warnings, device_report = int8.parts, int8.warnings, None  # in the accuracy report
                 timings["int8_s"] = int8.report["seconds"]
+                stage_memory(timings, "int8")
             else:
                 device = device_graphs.without_episodes(load_bundle(stage, verify_hashes=False), options.parity_frames,
                                                         options.gate)
                 parts, warnings, device_report = device.parts, device.warnings, device.report
+                stage_memory(timings, "device_graphs")
             hashes.update(hash_files(stage, [f for f in content_files(parts) if f not in hashes]))
             report = build_report(options.layout, options.instruction, source, parity, timings, stage, parts)
             if device_report is not None:

@@ -56,8 +56,6 @@ class DeviceGraphs:
 
 def overflow_scan(path: Path, feeds: Sequence[Feed]) -> dict[str, float]:
     """Largest |value| of every float node output over `feeds` (FP32 run), by producing node name."""
-    import onnxruntime as ort
-
     model = onnx.load(str(path), load_external_data=False)
     types = value_types(model)
     producer = {out: node.name or out for node in model.graph.node for out in node.output}
@@ -65,9 +63,7 @@ def overflow_scan(path: Path, feeds: Sequence[Feed]) -> dict[str, float]:
     exposed = [name for name in producer if types.get(name) == FLOAT and name not in known]
     for name in exposed:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, FLOAT, None))
-    onnx.load_external_data_for_model(model, str(path.parent))
-    session = ort.InferenceSession(model.SerializeToString() if model.ByteSize() < (2 << 30) - (64 << 20)
-                                   else save_for_session(model, path), providers=["CPUExecutionProvider"])
+    session = scan_session(model, path)
     names = [o.name for o in session.get_outputs()]
     peaks: dict[str, float] = {}
     for feed in feeds:
@@ -83,11 +79,26 @@ def overflow_scan(path: Path, feeds: Sequence[Feed]) -> dict[str, float]:
     return peaks
 
 
-def save_for_session(model: onnx.ModelProto, path: Path) -> str:
-    """A graph too large to hand over as bytes: saved beside the part (removed by the caller's staging)."""
+def scan_session(model: onnx.ModelProto, path: Path) -> Any:
+    """An ONNX Runtime session of `model` (the part at `path` with more outputs). A part with external data (the
+    real-size trunk: 5.4 GB, past protobuf's 2 GB limit) is saved as a graph beside the part that references the
+    same data file, so nothing is copied; the graph file goes once the session holds the weights."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if not any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(path.parent))  # no-op for embedded weights
+        return ort.InferenceSession(model.SerializeToString(), providers=providers)
     target = path.with_name(f".{path.stem}.scan.onnx")
-    save_model(model, target)
-    return str(target)
+    onnx.save(model, str(target))
+    try:
+        return ort.InferenceSession(str(target), providers=providers)
+    finally:
+        target.unlink()
+
+
+def uses_external_data(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
 def overflow_report(peaks: Mapping[str, float]) -> dict[str, Any]:
@@ -176,7 +187,7 @@ def flagged_nodes(q: Quantizer, refs: Sequence[FrameRef], frames: Mapping[Path, 
 def with_episodes(q: Quantizer, parts: Mapping[str, PartEntry], refs: Sequence[FrameRef],
                   frames: Mapping[Path, EpisodeFrames], held_refs: Sequence[FrameRef],
                   held_frames: Mapping[Path, EpisodeFrames], held_out: Sequence[EpisodeInfo],
-                  reference: np.ndarray, gate: GateSettings, color: str, stack: ExitStack) -> DeviceGraphs:
+                  reference: np.ndarray, gate: GateSettings, color: str) -> DeviceGraphs:
     """Overflow scan, FP16-typed graphs and their gate on the held-out episodes (an `--int8` build)."""
     from build_engines.int8 import chunk0_episodes, part_gate
 
@@ -184,23 +195,21 @@ def with_episodes(q: Quantizer, parts: Mapping[str, PartEntry], refs: Sequence[F
     flagged, overflow = flagged_nodes(q, refs, frames)
     int8_parts = [name for name, entry in parts.items() if entry.precision == "int8"]
     updated, kept = part_entries(bundle, flagged, int8_parts)
-    fp16: dict[str, OnnxRuntimeRunner] = {}
-    int8: dict[str, OnnxRuntimeRunner] = {}
-    parts_report: dict[str, Any] = {}
-    for name in PART_NAMES:
-        entry = updated[name]
-        feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)
-        fp16[name] = gate_runner(bundle.root, str(entry.fp16_onnx), entry.spec)
-        stack.callback(fp16[name].deactivate)
-        parts_report[name] = {"fp16": asdict(part_gate(q.fp32[name], fp16[name], feeds, gate.cosine))}
-        if entry.int8_fp16_onnx:
-            int8[name] = gate_runner(bundle.root, entry.int8_fp16_onnx, entry.spec)
-            stack.callback(int8[name].deactivate)
-            parts_report[name]["int8_fp16"] = asdict(part_gate(q.fp32[name], int8[name], feeds, gate.cosine))
-    runs = {"fp16": {name: fp16[name] for name in PART_NAMES},
-            "int8_fp16": {name: int8.get(name, fp16[name]) for name in PART_NAMES}}
-    end_to_end = {label: chunk0_gate(chunk0_episodes(bundle, runners, held_out, color, f"gate: {label} episodes"),
-                                     reference, gate) for label, runners in runs.items()}
+    parts_report: dict[str, Any] = {name: {} for name in PART_NAMES}
+    end_to_end: dict[str, Any] = {}
+    for label in ("fp16", "int8_fp16"):  # one label's emulation sessions alive at a time (a real-size trunk: 5 GB)
+        with ExitStack() as sessions:
+            runners: dict[str, OnnxRuntimeRunner] = {}
+            for name in PART_NAMES:
+                entry = updated[name]
+                graph = entry.int8_fp16_onnx if label == "int8_fp16" and entry.int8_fp16_onnx else entry.fp16_onnx
+                runners[name] = gate_runner(bundle.root, str(graph), entry.spec)
+                sessions.callback(runners[name].deactivate)
+                if label == "fp16" or entry.int8_fp16_onnx:
+                    feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)
+                    parts_report[name][label] = asdict(part_gate(q.fp32[name], runners[name], feeds, gate.cosine))
+            deployed = chunk0_episodes(bundle, runners, held_out, color, f"gate: {label} episodes")
+            end_to_end[label] = chunk0_gate(deployed, reference, gate)
     warnings = gate_warnings(parts_report, end_to_end, gate)
     report = {"executed_with": EXECUTED_WITH, "overflow": overflow, "fp32_kept": kept, "parts": parts_report,
               "end_to_end": end_to_end, "warnings": warnings}

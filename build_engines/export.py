@@ -1,4 +1,4 @@
-"""Export of the three parts (DESIGN §3) at fixed shapes, opset 17, through the TorchScript-based exporter.
+"""Export of the three parts (docs/design.md §3) at fixed shapes, opset 17, through the TorchScript-based exporter.
 
 The export modules re-state the reference's computation in static, export-friendly form: preprocessing inside the
 vision graph; the trunk with the prompt padded after the action token, the action token placed with `Where` (no
@@ -129,7 +129,7 @@ def export_part(module: nn.Module, spec: PartSpec, path: Path) -> str | None:
     with build_temp_dir() as tmp, warnings.catch_warnings():  # named for output_dir.remove_stale
         # The tracer warns about Python-level shape checks; shapes are fixed by design, so they are constants.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # Batch is fixed at 1 and the LSTM's initial state is zero by definition (DESIGN §2.3): nothing to heed.
+        # Batch is fixed at 1 and the LSTM's initial state is zero by definition (docs/design.md §2.3): nothing to heed.
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
         raw = Path(tmp) / f"{spec.name}.onnx"
         torch.onnx.export(

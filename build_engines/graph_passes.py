@@ -1,4 +1,4 @@
-"""onnx-graphsurgeon passes (DESIGN §6): each one short function ending in `cleanup().toposort()`."""
+"""onnx-graphsurgeon passes (docs/design.md §6): each one short function ending in `cleanup().toposort()`."""
 
 from __future__ import annotations
 

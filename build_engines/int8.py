@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -198,11 +198,25 @@ class Quantizer:
         feeds = self.calibration_feeds(name, refs, frames, self.deployed)
         collected = time.perf_counter() - started
         target = self.bundle.root / f"{name}.int8.onnx"
-        summary = quantize_part(self.bundle.part_path(name), target, feeds, self.options.quant,
-                                external_data=entry.external_data is not None)
+        with self.sessions_released():  # ONNX Runtime's quantizer holds the part several times over
+            summary = quantize_part(self.bundle.part_path(name), target, feeds, self.options.quant,
+                                    external_data=entry.external_data is not None)
         self.int8[name] = self.activate(name, target)
         return {"calibration_samples": len(feeds), "collect_s": round(collected, 2),
                 "quantize_s": round(time.perf_counter() - started - collected, 2), "qdq": summary.to_dict()}
+
+    @contextmanager
+    def sessions_released(self) -> Iterator[None]:
+        """Close every open session for the duration (a real-size build: 6.7 GB of FP32 sessions), then reopen them:
+        the feeds are computed already."""
+        runners = [r for r in (*self.fp32.values(), *self.int8.values()) if r.active]
+        for runner in runners:
+            runner.deactivate()
+        try:
+            yield
+        finally:
+            for runner in runners:
+                runner.activate()
 
 
 def external_file(root: Path, onnx_name: str) -> str | None:
@@ -253,8 +267,10 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
             parts[name] = replace(manifest.parts[name], int8_onnx=onnx_name,
                                   int8_external_data=external_file(bundle.root, onnx_name),
                                   precision="int8" if name in end_to_end["int8_parts"] else "fp16")
+        for runner in q.int8.values():  # the Q/DQ sessions are done; the device graphs' gate needs the memory
+            runner.deactivate()
         device = device_graphs.with_episodes(q, parts, refs, calib_frames, held_refs, held_frames, split.held_out,
-                                             reference, options.gate, options.color, stack)
+                                             reference, options.gate, options.color)
         parts = device.parts
         warnings += device.warnings
     if options.gate.on_failure == "stop" and warnings:

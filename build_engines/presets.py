@@ -19,7 +19,7 @@ NUM_IMAGE_TOKENS = 64  # Kosmos-2's latent queries; both layouts depend on this 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The LSTM policy head (DESIGN §2.3). `chunk` = fwd_pred_next_n, `window` = window_size."""
+    """The LSTM policy head (docs/design.md §2.3). `chunk` = fwd_pred_next_n, `window` = window_size."""
 
     variant: str = "velocities"
     hidden_size: int = 512

@@ -1,4 +1,4 @@
-"""Explicit INT8 quantization of one part: a Q/DQ ONNX that TensorRT parses as an INT8 network (DESIGN §4).
+"""Explicit INT8 quantization of one part: a Q/DQ ONNX that TensorRT parses as an INT8 network (docs/design.md §4).
 
 ONNX Runtime's static quantizer writes the graph in QDQ format with:
 - symmetric INT8 activations and weights (zero point 0, as TensorRT requires);
@@ -120,7 +120,7 @@ def quantize_part(fp32: Path, output: Path, feeds: Sequence[Feed], settings: Qua
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from calibration.cascade import FeedReader
+    from calibration.cascade import FeedReader, calibration_stride
 
     settings.validate()
     if not feeds:
@@ -133,6 +133,8 @@ def quantize_part(fp32: Path, output: Path, feeds: Sequence[Feed], settings: Qua
         "OpTypesToExcludeOutputQuantization": list(settings.op_types),  # Q/DQ on inputs only
         "QuantizeBias": False,  # TensorRT takes no INT32 Q/DQ: biases stay float and fuse into the GEMM
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        # One chunk of intermediate outputs in memory at a time, ranges merged after each (cascade.FeedReader)
+        "CalibStridedMinMax": calibration_stride(len(feeds)),
     }
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile

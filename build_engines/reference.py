@@ -1,4 +1,4 @@
-"""The PyTorch reference policy: DESIGN §2 written out with transformers' Kosmos-2 modules.
+"""The PyTorch reference policy: docs/design.md §2 written out with transformers' Kosmos-2 modules.
 
 This is the ground truth the exported graphs are checked against. It builds each sequence exactly as training did
 (variable length, no padding tricks) and calls the Hugging Face text transformer itself, so the export's static,
@@ -82,7 +82,7 @@ class ReferencePolicy(nn.Module):
         self.eval()
 
     def image_embeds(self, pixel_values: Tensor) -> Tensor:
-        """CLIP-normalized pixels `(1, 3, S, S)` -> image embeds `(1, 64, D)` (DESIGN §2.1 step 4)."""
+        """CLIP-normalized pixels `(1, 3, S, S)` -> image embeds `(1, 64, D)` (docs/design.md §2.1 step 4)."""
         vision = self.backbone.vision_model
         hidden = vision(pixel_values=pixel_values).last_hidden_state
         hidden = vision.model.post_layernorm(hidden)
@@ -95,7 +95,7 @@ class ReferencePolicy(nn.Module):
         return self.image_embeds(torch.from_numpy(normalize_frame(frame, pre)))
 
     def action_feature(self, image_embeds: Tensor, prompt_ids: Sequence[int], prompt: PromptSettings) -> Tensor:
-        """The last hidden state at the action token, built per layout exactly as DESIGN §2.2 says."""
+        """The last hidden state at the action token, built per layout exactly as docs/design.md §2.2 says."""
         check_choice("layout", prompt.layout, LAYOUTS)
         text = self.backbone.text_model.model
         embed = text.embed_tokens

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,20 @@ from build_engines.parity import ParityReport
 from build_engines.plan.command import build_report_plan
 from build_engines.plan.report import plan_markdown
 from runtime.bundle import PartEntry
+from runtime.host import process_memory_mb, reset_peak_rss
+
+log = logging.getLogger("build_engines.reports")
+
+
+def stage_memory(timings: dict[str, float], stage: str) -> None:
+    """Record the peak resident memory since the previous stage as `<stage>_peak_rss_gb`, then reset the peak.
+
+    The kernel's high-water mark (VmHWM) is reset by writing 5 to /proc/self/clear_refs (Linux); where that is
+    refused the figure is the build's peak so far, and the log says so.
+    """
+    timings[f"{stage}_peak_rss_gb"] = round(process_memory_mb()[1] / 1024, 2)
+    if not reset_peak_rss():
+        log.info("peak memory after %s is the build's peak so far (/proc/self/clear_refs refused the reset)", stage)
 
 
 def file_size(stage: Path, *names: str | None) -> int:
@@ -119,3 +135,44 @@ def accuracy_markdown(report: dict[str, Any]) -> str:
     if report["warnings"]:
         lines += ["Warnings:", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     return "\n".join(lines)
+
+
+def append_markdown(path: Path, report: Mapping[str, Any]) -> None:
+    """Add the CPU INT8 section to the accuracy report's readable page."""
+    with path.open("a") as handle:
+        handle.write("\n" + cpu_int8_markdown(report))
+
+
+def cpu_int8_markdown(report: Mapping[str, Any]) -> str:
+    """The `cpu_int8` block as a section of accuracy_report.md."""
+    host = report["host"]
+    lines = [
+        "## CPU INT8 (ONNX Runtime)",
+        "",
+        f"- form: {report['tool']}, {report['settings']['weight_type']} weights "
+        f"{'per channel' if report['settings']['per_channel'] else 'per tensor'}, uint8 activations at run time, on "
+        f"{', '.join(report['settings']['op_types'])}",
+        f"- timed on {host['model']} ({host['cpus']} CPUs; {', '.join(host['int8_flags']) or 'no VNNI/dot product'}), "
+        f"ONNX Runtime's default threads; --precision auto runs a part's CPU INT8 form when it is at least "
+        f"{report['min_speedup']}x faster",
+        "",
+        "| part | integer kernels | cosine mean | gate | FP32 ms | CPU INT8 ms | speedup | auto runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, part in report["parts"].items():
+        kernels = sum(part["integer_kernels"].values())
+        speed = part["speed"]
+        lines.append(f"| {name} | {kernels} | {part['gate']['cosine_mean']:.5f} | "
+                     f"{'pass' if part['gate']['passed'] else 'FAIL'} | {speed['fp32_ms']:.2f} | "
+                     f"{speed['int8_ms']:.2f} | {speed['speedup']:.2f}x | {'cpu-int8' if part['auto'] else 'fp32'} |")
+    policy = report["policy_ms"]
+    lines += ["", f"Policy (sum of the parts' medians): FP32 {policy['fp32']} ms, auto {policy['auto']} ms "
+                  f"({policy['auto_speedup']}x), int8 {policy['int8']} ms ({policy['int8_speedup']}x).", ""]
+    for label, e2e in report["end_to_end"].items():
+        lines.append(f"End to end ({label}: CPU INT8 {', '.join(e2e['int8_parts']) or 'none'}) over {e2e['episodes']} "
+                     f"held-out episodes: chunk[0] MAE {e2e['mae']:.5f}, max {e2e['max_abs_err']:.5f}, sign agreement "
+                     f"{e2e['sign_agreement']:.2%}: {'passed' if e2e['passed'] else 'FAILED'}")
+    for title, items in (("Warnings", report["warnings"]), ("Notes", report["notes"])):
+        if items:
+            lines += ["", f"{title}:", ""] + [f"- {item}" for item in items]
+    return "\n".join(lines) + "\n"

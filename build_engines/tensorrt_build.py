@@ -1,4 +1,4 @@
-"""TensorRT engine builds for a bundle (DESIGN §4): one engine per part and precision, one part at a time.
+"""TensorRT engine builds for a bundle (docs/design.md §4): one engine per part and precision, one part at a time.
 
 Imports no torch/transformers/onnx: on the Jetson, `build_engines --engines-only --bundle DIR` needs only TensorRT
 and pycuda. TensorRT is imported lazily; where it is missing, the caller says what to run on the device.

@@ -29,17 +29,38 @@ Feed = dict[str, np.ndarray]
 
 
 class FeedReader(CalibrationDataReader):
-    """ONNX Runtime's calibration reader over a list of feeds."""
+    """ONNX Runtime's calibration reader over a list of feeds.
+
+    `__len__` and `set_range` are what ONNX Runtime's strided calibration (`CalibStridedMinMax`) drives: the
+    calibrator then holds one chunk's intermediate outputs at a time and merges its ranges (or histograms) after
+    each chunk, so calibration memory does not grow with the number of frames.
+    """
 
     def __init__(self, feeds: Sequence[Feed]) -> None:
         self.feeds = list(feeds)
+        self._range = (0, len(self.feeds))
         self._next = iter(self.feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
 
     def get_next(self) -> Feed | None:
         return next(self._next, None)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._range = (start_index, end_index)
+        self._next = iter(self.feeds[start_index:end_index])
+
     def rewind(self) -> None:
-        self._next = iter(self.feeds)
+        self._next = iter(self.feeds[self._range[0]:self._range[1]])
+
+
+CALIBRATION_CHUNK = 4  # feeds whose intermediate outputs are held at once (a real-size trunk: ~0.3 GB per feed)
+
+
+def calibration_stride(count: int, chunk: int = CALIBRATION_CHUNK) -> int:
+    """The largest stride <= `chunk` that divides `count` (ONNX Runtime's strided calibration needs a divisor)."""
+    return max(size for size in range(1, min(chunk, count) + 1) if count % size == 0)
 
 
 @dataclass(frozen=True)

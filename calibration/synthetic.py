@@ -1,4 +1,4 @@
-"""Synthetic episodes in exactly the robot's HDF5 format (DESIGN §2.5), for the demo and the tests.
+"""Synthetic episodes in exactly the robot's HDF5 format (docs/design.md §2.5), for the demo and the tests.
 
 Each episode is a robot driving around one or two boxes: 720p frames of a tiled floor and boxes whose place and
 size change as the robot moves, stored BGR like the robot's recorder (`bgr8`). The recorded actions are a function

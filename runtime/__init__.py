@@ -1,4 +1,4 @@
-"""Mobile VLA edge runtime: the lean on-robot core. Imports no torch, transformers or onnx (DESIGN §3)."""
+"""Mobile VLA edge runtime: the lean on-robot core. Imports no torch, transformers or onnx (docs/design.md §3)."""
 
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import MobileVLAError

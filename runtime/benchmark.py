@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import resource
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import MobileVLAError
+from runtime.host import is_jetson, peak_rss_mb, read_text
 
 log = logging.getLogger("runtime.benchmark")
 
@@ -82,26 +82,14 @@ class ClockStatus:
                 f"`sudo nvpmodel -m 0 && sudo jetson_clocks` first")
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
 def _min_equals_max(min_path: str, max_path: str) -> bool | None:
-    low, high = _read(min_path), _read(max_path)
+    low, high = read_text(Path(min_path)), read_text(Path(max_path))
     return None if low is None or high is None else low == high
-
-
-def is_jetson(root: str = "/") -> bool:
-    return os.path.exists(os.path.join(root, "etc/nv_tegra_release"))
 
 
 def jetson_clocks(root: str = "/") -> ClockStatus | None:
     """The clock state on a Jetson (None elsewhere), from sysfs and `nvpmodel -q` (no root needed)."""
-    if not is_jetson(root):
+    if not is_jetson(Path(root)):
         return None
     cpu = os.path.join(root, "sys/devices/system/cpu/cpu0/cpufreq")
     cpu_locked = _min_equals_max(f"{cpu}/scaling_min_freq", f"{cpu}/scaling_max_freq")
@@ -122,11 +110,6 @@ def nvpmodel_mode() -> str | None:
         if "Power Mode" in line:
             return line.split(":", 1)[1].strip()
     return None
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""CUDA plumbing shared by the TensorRT backend and the engine builder (DESIGN §4, §6).
+"""CUDA plumbing shared by the TensorRT backend and the engine builder (docs/design.md §4, §6).
 
 Nothing here imports TensorRT or pycuda at module level: `runtime` imports on machines without them.
 

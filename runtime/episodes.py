@@ -1,4 +1,4 @@
-"""The robot's HDF5 episode format (DESIGN §2.5), read lazily and validated: defined once, used by every side.
+"""The robot's HDF5 episode format (docs/design.md §2.5), read lazily and validated: defined once, used by every side.
 
 It lives in `runtime/` because the runtime replays and scores episodes (`--source h5:`, `--score`) and must not
 import `calibration/`; calibration samples through the same reader, so both see the same frames.

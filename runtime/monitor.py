@@ -28,10 +28,8 @@ import importlib.util
 import logging
 import math
 import re
-import resource
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.errors import MobileVLAError
+from runtime.host import available_mb, is_jetson, process_memory_mb, read_meminfo, read_text
 
 log = logging.getLogger("runtime.monitor")
 
@@ -111,53 +110,11 @@ class Reader(Protocol):
 # ---------------------------------------------------------------------------------------------- /proc and sysfs
 
 
-def read_meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, float]:
-    """/proc/meminfo in MB (the kernel writes kB)."""
-    values = {}
-    for line in path.read_text().splitlines():
-        key, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            values[key] = int(fields[0]) / 1024.0
-    return values
-
-
-def available_mb(meminfo: dict[str, float]) -> float:
-    if "MemAvailable" in meminfo:
-        return meminfo["MemAvailable"]
-    # Kernels before 3.14 have no MemAvailable: free plus page cache is the old, optimistic estimate.
-    return meminfo.get("MemFree", 0.0) + meminfo.get("Buffers", 0.0) + meminfo.get("Cached", 0.0)
-
-
-def process_memory_mb() -> tuple[float, float]:
-    """(VmRSS, VmHWM) of this process in MB: /proc/self/status, else psutil, else the peak from getrusage."""
-    try:
-        status = read_meminfo(Path("/proc/self/status"))
-        return status["VmRSS"], status.get("VmHWM", status["VmRSS"])
-    except (OSError, KeyError):
-        pass
-    # ru_maxrss is kB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * (1024.0 if sys.platform == "darwin" else 1))
-    try:
-        import psutil
-    except ImportError:
-        return peak, peak
-    rss = psutil.Process().memory_info().rss / 2**20
-    return rss, max(peak, rss)
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None  # sysfs nodes of powered-down blocks fail with EINVAL/EAGAIN: treat as absent
-
-
 def read_thermal_zones(root: Path = Path("/")) -> dict[str, float]:
     """Thermal zones by lower-case type without "-thermal" (cpu, gpu, tj, ...), in C; offline zones skipped."""
     temps: dict[str, float] = {}
     for zone in sorted((root / "sys/class/thermal").glob("thermal_zone*")):
-        name, raw = _read_text(zone / "type"), _read_text(zone / "temp")
+        name, raw = read_text(zone / "type"), read_text(zone / "temp")
         if not name or raw is None or not re.fullmatch(r"-?\d+", raw):
             continue
         name = name.lower().removesuffix("-thermal")
@@ -175,12 +132,12 @@ def read_ina3221_power_w(root: Path = Path("/")) -> float | None:
     """Board power from the INA3221 hwmon rails (JetPack 5+): the input rail, else the sum of the rails."""
     rails: dict[str, float] = {}
     for hwmon in sorted((root / "sys/class/hwmon").glob("hwmon*")):
-        if _read_text(hwmon / "name") != "ina3221":
+        if read_text(hwmon / "name") != "ina3221":
             continue
         for label_path in sorted(hwmon.glob("in*_label")):
             channel = label_path.name[2:].removesuffix("_label")
-            label = _read_text(label_path)
-            volts, amps = _read_text(hwmon / f"in{channel}_input"), _read_text(hwmon / f"curr{channel}_input")
+            label = read_text(label_path)
+            volts, amps = read_text(hwmon / f"in{channel}_input"), read_text(hwmon / f"curr{channel}_input")
             if not label or label == "NC" or "sum of" in label or volts is None or amps is None:
                 continue
             try:
@@ -203,17 +160,10 @@ def read_gpu_load(root: Path = Path("/")) -> float | None:
         if not any(part in GPU_DEVFREQ_NAMES for part in node.name.split(".")):
             continue
         for path in (node / "device/load", node / "load"):
-            raw = _read_text(path)
+            raw = read_text(path)
             if raw is not None and raw.isdigit():
                 return int(raw) / 10.0
     return None
-
-
-def is_jetson(root: Path = Path("/")) -> bool:
-    if (root / "etc/nv_tegra_release").exists():
-        return True
-    compatible = _read_text(root / "proc/device-tree/compatible")
-    return compatible is not None and "nvidia,tegra" in compatible
 
 
 class NvmlGpu:

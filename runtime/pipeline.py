@@ -1,4 +1,5 @@
-"""One frame through vision -> trunk -> head with the history rule (DESIGN §2.3), then de-normalization/scaling."""
+"""One frame through vision -> trunk -> head with the history rule (docs/design.md §2.3), then de-normalization and
+scaling."""
 
 from __future__ import annotations
 

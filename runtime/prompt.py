@@ -1,4 +1,4 @@
-"""Prompt layout (DESIGN §2.2): token ids -> the trunk's fixed-length inputs. Tokenized once per instruction.
+"""Prompt layout (docs/design.md §2.2): token ids -> the trunk's fixed-length inputs. Tokenized once per instruction.
 
 The trunk graph has a fixed sequence length `L`. Causal attention means tokens after the action token cannot change
 its state, so the prompt is padded *after* the action token, keeping its position id exactly as in training.

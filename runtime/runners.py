@@ -1,4 +1,4 @@
-"""The Runner protocol (DESIGN §6) and its ONNX Runtime implementation.
+"""The Runner protocol (docs/design.md §6) and its ONNX Runtime implementation.
 
 A runner allocates in `activate`, runs `infer(feed) -> outputs` every frame and frees in `deactivate`; it is a
 context manager. The ONNX Runtime runner binds preallocated input and output arrays once (IO binding), so the

@@ -1,4 +1,4 @@
-"""The team's policy metrics (DESIGN §2.5): chunk[0] against recorded actions, or one run against another.
+"""The team's policy metrics (docs/design.md §2.5): chunk[0] against recorded actions, or one run against another.
 
 MAE; per-axis and all-axes accuracy within 0.3 / 0.2 / 0.15; R²; Pearson correlation; direction (sign) accuracy.
 Direction uses a dead band: a value within ±`dead_band` counts as "no motion" (sign 0), and two values whose signs

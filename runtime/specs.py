@@ -1,10 +1,10 @@
-"""Each sub-model's export spec, declared once (DESIGN §3, §6): read by export, build and runtime.
+"""Each sub-model's export spec, declared once (docs/design.md §3, §6): read by export, build and runtime.
 
 Shapes are fixed (batch 1) so that TensorRT needs no dynamic profiles:
 - vision: the uint8 frame as the capture delivers it -> image embeds.
 - trunk: image embeds + the padded prompt ids -> the action token's last hidden state.
 - head: the last `window` features (zero rows past `history_len`) -> the action chunk. The LSTM is causal, so the
-  output at step `history_len - 1` equals the LSTM run from zero state over exactly those frames (DESIGN §2.3).
+  output at step `history_len - 1` equals the LSTM run from zero state over exactly those frames (docs/design.md §2.3).
 """
 
 from __future__ import annotations

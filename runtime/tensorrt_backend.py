@@ -1,4 +1,5 @@
-"""The TensorRT backend (DESIGN §3, §4, §6): the bundle's engines through pycuda, one stream, the history on the GPU.
+"""The TensorRT backend (docs/design.md §3, §4, §6): the bundle's engines through pycuda, one stream, the history on
+the GPU.
 
 Per frame, all on one CUDA stream, then one synchronize:
 
@@ -11,10 +12,10 @@ Per frame, all on one CUDA stream, then one synchronize:
 - Vision's output buffer is bound as the trunk's input; the trunk writes its feature straight into the head's
   `features` buffer, which *is* the history `(1, window, D)`; `history_len` lives on the device too. Text inputs are
   uploaded once per instruction (`set_text`), never per frame.
-- History rule (DESIGN §2.3, `runtime/specs.py`): the features of the last min(t, window) frames, left-aligned, zero
-  rows past history_len. While filling, the trunk's output address is slot t; once full, the window is shifted left
-  by one row on the device (through a scratch buffer: overlapping cuMemcpy is undefined) and the trunk writes the
-  last slot. `history_plan` is that rule as a pure function.
+- History rule (docs/design.md §2.3, `runtime/specs.py`): the features of the last min(t, window) frames,
+  left-aligned, zero rows past history_len. While filling, the trunk's output address is slot t; once full, the
+  window is shifted left by one row on the device (through a scratch buffer: overlapping cuMemcpy is undefined)
+  and the trunk writes the last slot. `history_plan` is that rule as a pure function.
 - Steady state (window full) has fixed addresses, so after one plain warm-up frame (TensorRT: enqueue once before
   capturing, to flush deferred updates) the whole frame (shift, H2D, three `execute_async_v3`, D2H and the stage
   events) is captured as one CUDA graph and replayed every frame. Capture goes through the CUDA driver (ctypes,
@@ -248,7 +249,7 @@ class HistoryPlan:
 
 
 def history_plan(history_len: int, window: int) -> HistoryPlan:
-    """Where this frame's feature goes, given the frames already in the window (DESIGN §2.3)."""
+    """Where this frame's feature goes, given the frames already in the window (docs/design.md §2.3)."""
     if not 0 <= history_len <= window or window < 1:
         raise ValueError(f"history_len {history_len} outside 0..{window}")
     if history_len < window:

@@ -17,13 +17,13 @@ import pytest
 from build_engines.cpu_int8 import (
     CpuInt8Result,
     CpuInt8Settings,
-    append_markdown,
     cpu_int8_bundle,
     measure_speed,
     with_cpu_int8,
 )
 from build_engines.int8 import GateSettings, Int8Options, Int8Result
 from build_engines.presets import kosmos_config
+from build_engines.reports import append_markdown
 from runtime.backend_select import onnx_choice
 from runtime.bundle import load_bundle
 from runtime.bundle_write import hash_files, write_manifest

@@ -89,6 +89,17 @@ def test_overflow_report_flags_a_part_built_to_overflow_and_the_fix_keeps_it_fin
     np.testing.assert_allclose(run(fp16_emulation(fixed.model), x), run(model, x), atol=2e-3)
 
 
+def test_overflow_scan_of_a_part_with_external_data_reads_the_data_in_place(tmp_path: Path) -> None:
+    """The real-size trunk (5.4 GB) cannot pass as bytes: the scan graph references the part's own data file."""
+    model = toy_model(weight_scale=2e4)
+    path = tmp_path / "trunk.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="trunk.onnx.data", size_threshold=0)
+    x = np.random.default_rng(1).standard_normal((1, 4, 8)).astype(np.float32)
+    peaks = device_graphs.overflow_scan(path, [{"x": x}])
+    assert set(peaks) == {"fc1", "ln", "fc2", "softmax"} and peaks["fc1"] > 65504
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trunk.onnx", "trunk.onnx.data"]  # no copy left behind
+
+
 def test_qdq_graph_gets_fp16_scales_at_opset_19_and_counts_int8_layers() -> None:
     scale = numpy_helper.from_array(np.array(0.01, np.float32), "scale")
     zero = numpy_helper.from_array(np.array(0, np.int8), "zero")

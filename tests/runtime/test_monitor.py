@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import MobileVLAError
+from runtime.host import read_meminfo
 from runtime.monitor import (
     HealthMonitor,
     MonitorSettings,
@@ -24,7 +25,6 @@ from runtime.monitor import (
     TegrastatsReader,
     choose_reader,
     parse_tegrastats,
-    read_meminfo,
 )
 
 # Real tegrastats output. Orin NX 16GB, JetPack 6 (L4T r36): lower-case zones, mW units, a date in front.

@@ -14,7 +14,7 @@ from runtime.sources import synthetic_frame
 
 
 def test_history_window_rolls_over_after_eight_frames(demo_bundle: Path) -> None:
-    """The head sees the last min(t, 8) trunk features, left-aligned, zero rows after them (DESIGN §2.3)."""
+    """The head sees the last min(t, 8) trunk features, left-aligned, zero rows after them (docs/design.md §2.3)."""
     bundle = load_bundle(demo_bundle)
     pre = bundle.manifest.preprocessing
     with onnx_backend(bundle) as backend:
