@@ -214,13 +214,17 @@ def calibration_data(options: BuildOptions, imported: ImportedPolicy) -> Path:
     )
 
 
+def random_head(preset: str) -> HeadConfig:
+    """The head of a `--random-weights` build: the tiny preset's, else Mobile VLA's (velocities, LSTM hidden 512)."""
+    return tiny_head() if preset == "tiny" else HeadConfig()
+
+
 def random_policy(options: BuildOptions) -> ImportedPolicy:
     """Random weights at a preset's real shapes, without a checkpoint round trip (a real-size checkpoint would
     need several copies of 6.6 GB in memory). The Mobile VLA head: velocities, LSTM hidden 512."""
-    head = tiny_head() if options.preset == "tiny" else HeadConfig()
-    policy = seeded_policy(options.seed, options.preset, head)
+    policy = seeded_policy(options.seed, options.preset, random_head(options.preset))
     log.warning("random weights at the %s preset's shapes: for export and latency tests only", options.preset)
-    return ImportedPolicy(policy, default_training_config(head, DEMO_NORMALIZATION), None, 0, 0)
+    return ImportedPolicy(policy, default_training_config(policy.head_config, DEMO_NORMALIZATION), None, 0, 0)
 
 
 def release_weights(policy: ReferencePolicy) -> None:

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from build_engines.build import seeded_policy
-from build_engines.presets import PRESETS, HeadConfig, tiny_head
+from build_engines.build import random_head, seeded_policy
+from build_engines.presets import PRESETS
 from build_engines.reference import ReferencePolicy
 from calibration.synthetic import SyntheticSpec, generate_episodes
 from runtime.backend_select import open_onnx_backend
@@ -151,8 +151,7 @@ def policy_for(bundle: Bundle) -> ReferencePolicy:
                              f"re-creates the policy from a --random-weights bundle's preset and seed: build one "
                              f"with `build_engines --random-weights --preset mid --int8 --output DIR`")
     preset = str(source["preset"])
-    head = tiny_head() if preset == "tiny" else HeadConfig()
-    return seeded_policy(int(source["seed"]), preset, head)
+    return seeded_policy(int(source["seed"]), preset, random_head(preset))
 
 
 def episode_images(directory: Path, frames: int) -> list[np.ndarray]:
