@@ -4,7 +4,8 @@ The Q/DQ graphs are what TensorRT needs (quantize.py); ONNX Runtime on the CPU r
 after its optimization no integer kernel remains (docs/design.md §4). The CPU INT8 form, `<part>.cpu-int8.onnx`, is
 ONNX Runtime's dynamic quantization of the FP32 part: int8 weights per output channel, activations quantized to
 uint8 at run time, on the weight MatMuls and Gemms. ONNX Runtime fuses those into integer kernels
-(`DynamicQuantizeMatMul`, `MatMulIntegerToFloat`: u8×s8, VNNI where the CPU has it). As in the Q/DQ graphs,
+(`DynamicQuantizeMatMul`, `MatMulIntegerToFloat`: u8×s8, VNNI where the CPU has it; an x86 CPU without VNNI
+clips int8 weights' sums, so it gets uint8 weights, build_engines/cpu_quantize.py). As in the Q/DQ graphs,
 attention's activation×activation MatMuls and the `--keep-float` nodes (the image-to-text projection) stay float,
 and so does the LSTM. Measured (README): with AVX-512 VNNI, int8 weights run 1.6-2x faster than uint8 weights on
 the mid preset; per-tensor weights are a little faster than per-channel but lose accuracy; quantizing the LSTM
@@ -26,9 +27,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from build_engines.cpu_quantize import CpuInt8Settings, integer_kernels, quantize_cpu_part
 from build_engines.int8 import (
     Int8Options,
     Int8Result,
@@ -48,45 +48,15 @@ from build_engines.int8 import (
     part_gate,
     scan_dataset,
 )
-from build_engines.quantize import activation_matmuls
 from calibration.cascade import Feed, load_frames
 from calibration.sampling import split_episodes
 from runtime.bundle import Bundle, PartEntry
 from runtime.cpu_int8 import CPU_INT8_SUFFIX, MIN_CPU_SPEEDUP, CpuHost, CpuInt8Form, CpuSpeed, cpu_host
-from runtime.errors import MobileVLAError, check_range
-from runtime.preprocess import check_choice
+from runtime.errors import MobileVLAError
 from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import PART_NAMES
 
 log = logging.getLogger("build_engines.cpu_int8")
-
-WEIGHT_TYPES = ("int8", "uint8")
-# Op types of ONNX Runtime's integer kernels, as they appear in its optimized graph (fused) or in the saved one.
-INTEGER_KERNELS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul",
-                   "DynamicQuantizeLSTM", "ConvInteger", "QLinearConv")
-
-
-@dataclass(frozen=True)
-class CpuInt8Settings:
-    weight_type: str = "int8"  # measured faster than uint8 with VNNI (module docstring)
-    op_types: tuple[str, ...] = ("MatMul", "Gemm")  # "LSTM" also works (DynamicQuantizeLSTM): module docstring
-    per_channel: bool = True
-    timing_runs: int = 15  # interleaved FP32/INT8 pairs, at least (fewer only when the budget runs out)
-    timing_min_s: float = 1.0  # keep pairing until this long: a part that runs in a millisecond needs many runs
-    timing_budget_s: float = 30.0  # stop after this long, once `timing_min_runs` pairs are in
-    timing_min_runs: int = 3
-    timing_warmup: int = 2  # untimed runs of each session first (first runs allocate)
-
-    def validate(self) -> None:
-        check_choice("CPU INT8 weight type", self.weight_type, WEIGHT_TYPES)
-        unknown = [op for op in self.op_types if op not in ("MatMul", "Gemm", "LSTM", "Conv")]
-        if unknown or not self.op_types:
-            raise MobileVLAError(f"CPU INT8 op types {self.op_types}: expected a subset of MatMul, Gemm, LSTM, Conv")
-        check_range("CPU INT8 timing runs", self.timing_runs, 1)
-        check_range("CPU INT8 timing minimum runs", self.timing_min_runs, 1, self.timing_runs)
-        check_range("CPU INT8 timing minimum seconds", self.timing_min_s, 0.0)
-        check_range("CPU INT8 timing budget seconds", self.timing_budget_s, 0.0, low_open=True)
-        check_range("CPU INT8 timing warm-up runs", self.timing_warmup, 0)
 
 
 @dataclass
@@ -119,65 +89,6 @@ class CpuInt8Result:
     parts: dict[str, PartEntry]
     warnings: list[str]
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def integer_kernels(path: Path) -> dict[str, int]:
-    """Integer-kernel nodes in ONNX Runtime's optimized graph of `path` (on this CPU): proof that the form runs
-    integer GEMMs, not dequantize-and-FP32 (what became of the Q/DQ graphs here)."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="cpu-int8-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(optimized)
-        options.log_severity_level = 3  # its warning that the saved graph is hardware-specific: we only count nodes
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        counts = Counter(node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node)
-    return {op: counts[op] for op in INTEGER_KERNELS if counts[op]}
-
-
-class QuantizerChatter(logging.Filter):
-    """ONNX Runtime's quantizer logs through the root logger: an INFO line per unquantized tensor (hundreds at real
-    size) and advice to pre-process that is for static quantization. Dropped while it runs; its warnings stay."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "onnxruntime" not in record.pathname or "quantization" not in record.pathname:
-            return True
-        return record.levelno >= logging.WARNING and not record.getMessage().startswith("Please consider to run pre")
-
-
-def quantize_cpu_part(fp32: Path, output: Path, settings: CpuInt8Settings, external_data: bool,
-                      keep_float: Sequence[str] = ()) -> float:
-    """Write the dynamic-quantized form of `fp32` to `output` (weights in `<output>.data` when external); seconds.
-    Nodes whose names contain a `keep_float` pattern stay float (`--keep-float`, as in the Q/DQ graphs)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    settings.validate()
-    started = time.perf_counter()
-    graph = onnx.load(str(fp32), load_external_data=False)
-    # Q·Kᵀ and P·V: no weights to shrink, accuracy to lose; the kept-float nodes: measured (README, INT8 section)
-    excluded = activation_matmuls(graph)
-    excluded += [node.name for node in graph.graph.node if any(pattern in node.name for pattern in keep_float)]
-    chatter = QuantizerChatter()
-    logging.getLogger().addFilter(chatter)
-    try:
-        quantize_dynamic(
-            str(fp32), str(output),
-            op_types_to_quantize=list(settings.op_types),
-            per_channel=settings.per_channel,
-            weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
-            nodes_to_exclude=excluded,
-            use_external_data_format=external_data,
-            extra_options={"MatMulConstBOnly": True},
-        )
-    finally:
-        logging.getLogger().removeFilter(chatter)
-    return time.perf_counter() - started
 
 
 def _timed_run(runner: OnnxRuntimeRunner, feed: Feed) -> float:
@@ -230,7 +141,7 @@ def build_part(q: Quantizer, name: str, feeds: Sequence[Feed], settings: CpuInt8
     onnx_name = f"{name}{CPU_INT8_SUFFIX}"
     target = bundle.root / onnx_name
     seconds = quantize_cpu_part(bundle.part_path(name), target, settings, entry.external_data is not None,
-                                q.options.quant.exclude)
+                                q.options.quant.exclude, settings.weights_on(host))
     external = external_file(bundle.root, onnx_name)
     kernels = integer_kernels(target)
     q.int8[name] = q.activate(name, target)
@@ -262,6 +173,8 @@ def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Setti
     held_refs = gate_refs(split.held_out, options.gate.part_frames, options.sample.seed)
     held_frames = load_frames(held_refs, options.color, manifest.preprocessing, manifest.policy.window)
     host = cpu_host()
+    if settings.weight_type == "auto" and host.saturates_int8:
+        log.info("CPU INT8 forms get uint8 weights: this CPU has no VNNI and its integer kernels clip int8 ones")
     warnings: list[str] = []
     parts: dict[str, CpuPart] = {}
     e2e: dict[str, Any] = {}
@@ -309,8 +222,10 @@ def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Setti
         )
     for warning in warnings:
         log.warning("%s", warning)
-    entries = {name: replace(manifest.parts[name], cpu_int8=CpuInt8Form(p.onnx, p.external_data, p.speed)
-                             if p.kept else None) for name, p in parts.items()}
+    weights = settings.weights_on(host)
+    entries = {name: replace(manifest.parts[name], cpu_int8=CpuInt8Form(p.onnx, p.external_data, p.speed,
+                                                                        weights) if p.kept else None)
+               for name, p in parts.items()}
     report = cpu_report(parts, e2e, settings, host, warnings, notes, time.perf_counter() - started)
     return CpuInt8Result(entries, warnings, report)
 
@@ -331,6 +246,7 @@ def cpu_report(parts: Mapping[str, CpuPart], e2e: Mapping[str, Any], settings: C
     return {
         "tool": "onnxruntime.quantization.quantize_dynamic",
         "settings": asdict(settings),
+        "weight_type": settings.weights_on(host),
         "host": host.to_dict(),
         "min_speedup": MIN_CPU_SPEEDUP,
         "parts": {name: part.to_dict() for name, part in parts.items()},

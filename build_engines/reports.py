@@ -149,7 +149,7 @@ def cpu_int8_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "## CPU INT8 (ONNX Runtime)",
         "",
-        f"- form: {report['tool']}, {report['settings']['weight_type']} weights "
+        f"- form: {report['tool']}, {report['weight_type']} weights "
         f"{'per channel' if report['settings']['per_channel'] else 'per tensor'}, uint8 activations at run time, on "
         f"{', '.join(report['settings']['op_types'])}",
         f"- timed on {host['model']} ({host['cpus']} CPUs; {', '.join(host['int8_flags']) or 'no VNNI/dot product'}), "

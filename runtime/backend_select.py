@@ -10,7 +10,9 @@ three graphs (`onnx_choice`, docs/design.md §4):
   run).
 
 `--precision auto` decides per part: the CPU INT8 form where the bundle's measurement says it is faster than FP32
-(at least MIN_CPU_SPEEDUP), FP32 elsewhere, never the Q/DQ graph. A bundle built before CPU INT8 forms runs FP32.
+(at least MIN_CPU_SPEEDUP), FP32 elsewhere, never the Q/DQ graph; FP32 too, with a warning, where a form with
+int8 weights meets a CPU whose integer kernels clip them (x86 without VNNI, runtime/cpu_int8.py). A bundle built
+before CPU INT8 forms runs FP32.
 `--precision int8` runs the CPU INT8 form where the bundle has one, else the Q/DQ graph of a part that passed its
 gate (with a warning that it is slower), else FP32 (the part failed its INT8 gate at build time).
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 from runtime.backend import PolicyBackend, onnx_backend_from, require_cpu_graphs
 from runtime.bundle import Bundle, PartEntry
 from runtime.config import RuntimeConfig
-from runtime.cpu_int8 import MIN_CPU_SPEEDUP, CpuHost, CpuSpeed, cpu_host
+from runtime.cpu_int8 import MIN_CPU_SPEEDUP, CpuHost, CpuInt8Form, CpuSpeed, cpu_host
 from runtime.errors import MobileVLAError
 
 log = logging.getLogger("runtime")
@@ -104,6 +106,9 @@ def auto_part(name: str, entry: PartEntry, host: CpuHost, threads: int) -> PartC
                                       f"Runtime runs slower than FP32 ({REBUILD_FOR_CPU_INT8})")
         return PartChoice("fp32", "the bundle has no CPU INT8 form (built without --int8, before CPU INT8 forms, or "
                                   "the form failed its accuracy gate: see the bundle's warnings)")
+    if form.clips_on(host):
+        reason = clipping_reason(form, host)
+        return PartChoice("fp32", reason, f"{name}: --precision auto runs FP32: {reason}")
     if form.speed is None:
         return PartChoice("fp32", f"the bundle records no speed measurement for {form.onnx}")
     if not form.speed.faster:
@@ -113,8 +118,19 @@ def auto_part(name: str, entry: PartEntry, host: CpuHost, threads: int) -> PartC
                       measurement_notes(form.speed, host, threads))
 
 
-def int8_part(name: str, entry: PartEntry) -> PartChoice:
+def clipping_reason(form: CpuInt8Form, host: CpuHost) -> str:
+    return (f"{form.onnx} has int8 weights and this CPU ({host.describe()}) has no VNNI, so ONNX "
+            f"Runtime's integer kernels clip sums here and the build's accuracy gate does not hold (runtime/"
+            f"cpu_int8.py); rebuild the bundle with `build_engines --int8` on a CPU like this one (it then writes "
+            f"uint8 weights, exact on every CPU), or run --precision fp32")
+
+
+def int8_part(name: str, entry: PartEntry, host: CpuHost) -> PartChoice:
     form = entry.cpu_int8
+    if form is not None and form.clips_on(host):
+        return PartChoice("cpu-int8", f"--precision int8: its CPU INT8 form ({form.onnx})",
+                          f"{name}: --precision int8 runs its CPU INT8 form although "
+                          f"{clipping_reason(form, host)}")
     if form is not None:
         if form.speed is not None and not form.speed.faster:
             return PartChoice("cpu-int8", f"--precision int8: its CPU INT8 form ({form.speed.describe()})",
@@ -144,7 +160,8 @@ def onnx_choice(wanted: str, bundle: Bundle, threads: int = 0) -> OnnxChoice:
         if not any(e.cpu_int8 is not None or e.precision == "int8" for e in parts.values()):
             raise MobileVLAError(f"bundle {bundle.root} has no INT8 parts; build it with `build_engines --int8`, or "
                                  f"use --precision fp32")
-        return OnnxChoice(wanted, {name: int8_part(name, entry) for name, entry in parts.items()})
+        host = cpu_host()
+        return OnnxChoice(wanted, {name: int8_part(name, entry, host) for name, entry in parts.items()})
     if wanted == "auto":
         host = cpu_host()
         return OnnxChoice(wanted, {name: auto_part(name, entry, host, threads) for name, entry in parts.items()})

@@ -24,6 +24,14 @@ MIN_CPU_SPEEDUP = 1.05
 # The CPU features ONNX Runtime's integer GEMMs are fast with (x86 VNNI/AMX, Arm dot product / i8mm).
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 CPU_INT8_SUFFIX = ".cpu-int8.onnx"
+# x86 CPUs without these run ONNX Runtime's u8×s8 GEMM with VPMADDUBSW, which adds each pair of uint8×int8 products
+# in int16 with saturation: with 8-bit weights large sums clip. Measured on the demo, CPU INT8 end to end: chunk[0]
+# MAE 0.035 (gate 0.02) on an AVX2-only EPYC, 0.0024 with AVX-512 VNNI. uint8 weights run u8×u8 kernels, which
+# widen to int16 before multiplying and never clip: their integers are the same on every CPU (measured on the demo:
+# MAE 0.0018 with all three parts). 7-bit int8 weights (`reduce_range`) cannot clip either, but lost too much on the
+# demo's trunk (the end-to-end gate dropped it).
+NO_SATURATION_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
 @dataclass(frozen=True)
@@ -33,17 +41,24 @@ class CpuHost:
     model: str
     int8_flags: tuple[str, ...]  # which of INT8_CPU_FLAGS it has
     cpus: int  # logical CPUs this process may use
+    machine: str = ""  # platform.machine(); "" in bundles written before it was recorded
+
+    @property
+    def saturates_int8(self) -> bool:
+        """ONNX Runtime's u8×s8 kernels clip int8 weights' sums on this CPU (NO_SATURATION_FLAGS)."""
+        return self.machine.lower() in X86_MACHINES and not set(self.int8_flags) & set(NO_SATURATION_FLAGS)
 
     def describe(self) -> str:
         flags = ", ".join(self.int8_flags) or "no integer dot-product instructions"
         return f"{self.model} ({self.cpus} CPUs; {flags})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "int8_flags": list(self.int8_flags), "cpus": self.cpus}
+        return {"model": self.model, "int8_flags": list(self.int8_flags), "cpus": self.cpus, "machine": self.machine}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CpuHost:
-        return cls(str(data["model"]), tuple(str(f) for f in data["int8_flags"]), int(data["cpus"]))
+        return cls(str(data["model"]), tuple(str(f) for f in data["int8_flags"]), int(data["cpus"]),
+                   str(data.get("machine", "")))
 
 
 def cpu_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuHost:
@@ -65,7 +80,7 @@ def cpu_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuHost:
     if "model name" not in fields and "cpu part" in fields:
         model = f"{model} (CPU part {fields['cpu part']})"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return CpuHost(model, tuple(f for f in INT8_CPU_FLAGS if f in flags), cpus)
+    return CpuHost(model, tuple(f for f in INT8_CPU_FLAGS if f in flags), cpus, platform.machine())
 
 
 @dataclass(frozen=True)
@@ -116,17 +131,26 @@ class CpuInt8Form:
     onnx: str
     external_data: str | None = None
     speed: CpuSpeed | None = None
+    weight_type: str = "int8"  # "uint8": exact on every CPU; "int8": faster with VNNI, clips without (above)
+
+    def __post_init__(self) -> None:
+        if self.weight_type not in ("int8", "uint8"):
+            raise ValueError(f"CPU INT8 weight type {self.weight_type!r}: expected int8 or uint8")
 
     def files(self) -> list[str]:
         return [name for name in (self.onnx, self.external_data) if name is not None]
 
+    def clips_on(self, host: CpuHost) -> bool:
+        """Its int8 weights meet a CPU whose kernels clip them: the build's accuracy gate does not hold there."""
+        return self.weight_type == "int8" and host.saturates_int8
+
     def to_dict(self) -> dict[str, Any]:
         return {"onnx": self.onnx, "external_data": self.external_data,
-                "speed": self.speed.to_dict() if self.speed else None}
+                "speed": self.speed.to_dict() if self.speed else None, "weight_type": self.weight_type}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CpuInt8Form:
         speed = data.get("speed")
         external = data.get("external_data")
         return cls(str(data["onnx"]), None if external is None else str(external),
-                   None if speed is None else CpuSpeed.from_dict(speed))
+                   None if speed is None else CpuSpeed.from_dict(speed), str(data.get("weight_type", "int8")))

@@ -14,20 +14,15 @@ import numpy as np
 import onnx
 import pytest
 
-from build_engines.cpu_int8 import (
-    CpuInt8Result,
-    CpuInt8Settings,
-    cpu_int8_bundle,
-    measure_speed,
-    with_cpu_int8,
-)
+from build_engines.cpu_int8 import CpuInt8Result, cpu_int8_bundle, measure_speed, with_cpu_int8
+from build_engines.cpu_quantize import CpuInt8Settings
 from build_engines.int8 import GateSettings, Int8Options, Int8Result
 from build_engines.presets import kosmos_config
 from build_engines.reports import append_markdown
 from runtime.backend_select import onnx_choice
 from runtime.bundle import load_bundle
 from runtime.bundle_write import hash_files, write_manifest
-from runtime.cpu_int8 import cpu_host
+from runtime.cpu_int8 import CpuHost, cpu_host
 from runtime.errors import MobileVLAError
 from runtime.specs import PART_NAMES
 
@@ -41,9 +36,29 @@ def cpu_forms(demo_bundle: Path, demo_episodes: Path, tmp_path_factory: pytest.T
     return root, cpu_int8_bundle(load_bundle(root, verify_hashes=False), Int8Options(demo_episodes))
 
 
+@pytest.fixture(scope="module")
+def unsigned_forms(cpu_forms: tuple[Path, CpuInt8Result], demo_bundle: Path, demo_episodes: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CpuInt8Result]:
+    """uint8 weights, what a CPU without VNNI gets: `cpu_forms` already are on such a CPU."""
+    if cpu_forms[1].report["weight_type"] == "uint8":
+        return cpu_forms
+    root = tmp_path_factory.mktemp("cpu-u8") / "bundle"
+    shutil.copytree(demo_bundle, root)
+    return root, cpu_int8_bundle(load_bundle(root, verify_hashes=False), Int8Options(demo_episodes),
+                                 CpuInt8Settings(weight_type="uint8"))
+
+
+def weight_types(path: Path) -> set[int]:
+    """Element types of the quantized weights (`*_quantized` initializers) in a saved CPU INT8 form."""
+    graph = onnx.load(str(path))
+    return {t.data_type for t in graph.graph.initializer if t.name.endswith("_quantized")}
+
+
 def test_cpu_forms_run_integer_kernels_and_pass_the_gate(cpu_forms: tuple[Path, CpuInt8Result]) -> None:
     root, result = cpu_forms
     report = result.report
+    # uint8 weights exactly where this CPU's kernels would clip int8 ones (runtime/cpu_int8.py)
+    assert report["weight_type"] == ("uint8" if cpu_host().saturates_int8 else "int8")
     assert report["tool"] == "onnxruntime.quantization.quantize_dynamic" and result.warnings == report["warnings"]
     for name in PART_NAMES:
         part = report["parts"][name]
@@ -53,6 +68,9 @@ def test_cpu_forms_run_integer_kernels_and_pass_the_gate(cpu_forms: tuple[Path, 
         saved = Counter(n.op_type for n in onnx.load(str(root / f"{name}.cpu-int8.onnx")).graph.node)
         assert saved["MatMulInteger"] > 0 and saved["DynamicQuantizeLinear"] > 0
         assert "QuantizeLinear" not in saved  # not the TensorRT Q/DQ form
+        unsigned = report["weight_type"] == "uint8"
+        assert weight_types(root / f"{name}.cpu-int8.onnx") == {onnx.TensorProto.UINT8 if unsigned
+                                                                 else onnx.TensorProto.INT8}
         speed = part["speed"]
         assert speed["runs"] >= 15 and speed["fp32_ms"] > 0 and speed["int8_ms"] > 0
         assert speed["host"] == cpu_host().to_dict() and speed["threads"] == 0
@@ -68,6 +86,24 @@ def test_cpu_forms_run_integer_kernels_and_pass_the_gate(cpu_forms: tuple[Path, 
         assert report["end_to_end"]["auto"]["int8_parts"] == auto
 
 
+def test_uint8_weight_forms_pass_the_gate(unsigned_forms: tuple[Path, CpuInt8Result]) -> None:
+    """u8×u8 kernels never clip: every CPU computes the integers this one did, so this gate holds on all of them."""
+    root, result = unsigned_forms
+    assert result.report["weight_type"] == "uint8" and result.warnings == []
+    for name in PART_NAMES:
+        form = result.parts[name].cpu_int8
+        assert form is not None and form.weight_type == "uint8", name
+        assert weight_types(root / form.onnx) == {onnx.TensorProto.UINT8}, name
+    for e2e in result.report["end_to_end"].values():
+        assert e2e["passed"] and e2e["mae"] <= 0.02 and e2e["sign_agreement"] >= 0.98
+    assert "form: onnxruntime.quantization.quantize_dynamic, uint8 weights" in append_markdown_text(root, result)
+
+
+def append_markdown_text(root: Path, result: CpuInt8Result) -> str:
+    append_markdown(root / "accuracy_report.md", result.report)
+    return (root / "accuracy_report.md").read_text()
+
+
 def test_manifest_round_trip_and_what_the_runtime_runs(cpu_forms: tuple[Path, CpuInt8Result]) -> None:
     """The build hook's path: merged into the INT8 result, hashed, written, loaded; the runtime picks by it."""
     root, cpu = cpu_forms
@@ -75,11 +111,10 @@ def test_manifest_round_trip_and_what_the_runtime_runs(cpu_forms: tuple[Path, Cp
     accuracy = json.loads((root / "accuracy_report.json").read_text())
     merged = with_cpu_int8(Int8Result(dict(bundle.manifest.parts), list(bundle.manifest.warnings), accuracy), cpu)
     assert merged.report["cpu_int8"] is cpu.report and merged.warnings == list(bundle.manifest.warnings) + cpu.warnings
-    append_markdown(root / "accuracy_report.md", cpu.report)
-    assert "## CPU INT8 (ONNX Runtime)" in (root / "accuracy_report.md").read_text()
+    assert "## CPU INT8 (ONNX Runtime)" in append_markdown_text(root, cpu)
     files = {**bundle.manifest.files, **hash_files(root, ["accuracy_report.md"])}
     for entry in merged.parts.values():
-        assert entry.cpu_int8 is not None
+        assert entry.cpu_int8 is not None and entry.cpu_int8.weight_type == cpu.report["weight_type"]
         files.update(hash_files(root, entry.cpu_int8.files()))
     write_manifest(root, replace(bundle.manifest, parts=merged.parts, files=files))
     loaded = load_bundle(root)
@@ -133,6 +168,14 @@ def test_speed_is_the_median_of_interleaved_runs() -> None:
     assert speed.runs == 9 and fp32.calls == int8.calls == 10
     assert 2.0 < speed.speedup < 4.5 and speed.faster
     assert fp32.inputs["x"][0] == 1.0  # the feed was copied in
+
+
+def test_auto_weights_follow_the_build_cpu() -> None:
+    clipping, vnni = CpuHost("AVX2-only", (), 2, "x86_64"), CpuHost("VNNI", ("avx512_vnni",), 2, "x86_64")
+    arm = CpuHost("Cortex-A78AE", ("asimddp",), 6, "aarch64")
+    assert [CpuInt8Settings().weights_on(h) for h in (clipping, vnni, arm)] == ["uint8", "int8", "int8"]
+    assert CpuInt8Settings(weight_type="int8").weights_on(clipping) == "int8"  # asked for: no override
+    assert CpuInt8Settings(weight_type="uint8").weights_on(vnni) == "uint8"
 
 
 def test_bad_settings_are_refused() -> None:

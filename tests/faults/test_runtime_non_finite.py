@@ -39,7 +39,10 @@ def nan_bundle(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.mark.parametrize("schedule", ["chunk0", "ensemble", "async"])
 def test_nan_policy_output_is_zeroed_with_its_reason(schedule: str, nan_bundle: Path, udp_receiver: socket.socket,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    code = main(["--bundle", str(nan_bundle), "--precision", "fp32", "--schedule", schedule, "--frames", "12",
+    # async publishes at --rate-hz from a control thread: at the default 30 Hz the demo's 12 frames can all be done
+    # (unpaced synthetic source, a fast CPU) before its second tick, which would then see no chunk at all
+    paced = ["--rate-hz", "1000", "--frames", "40"] if schedule == "async" else ["--frames", "12"]
+    code = main(["--bundle", str(nan_bundle), "--precision", "fp32", "--schedule", schedule, *paced,
                  "--sink", f"udp:127.0.0.1:{udp_receiver.getsockname()[1]}", "--control", "none"])
     assert code == 0
     messages = drain(udp_receiver)

@@ -28,9 +28,10 @@ def speed(speedup: float, host: CpuHost | None = None, threads: int = 0) -> dict
             "host": host.to_dict(), "measured": "2026-12-02T00:00:00+00:00"}
 
 
-def write_forms(root: Path, forms: dict[str, dict[str, Any] | str | None]) -> None:
+def write_forms(root: Path, forms: dict[str, dict[str, Any] | str | None], weight_type: str = "uint8") -> None:
     """Give parts a CPU INT8 form (a copy of the FP32 graph) with `speed` (a dict, None for no measurement, or
-    "none" for no form at all) and drop any forms the bundle had."""
+    "none" for no form at all) and drop any forms the bundle had. uint8 weights unless told: exact on any CPU, so
+    the choice does not depend on the one the tests run on."""
     path = root / "manifest.json"
     data = json.loads(path.read_text())
     for name, entry in data["parts"].items():
@@ -44,7 +45,7 @@ def write_forms(root: Path, forms: dict[str, dict[str, Any] | str | None]) -> No
         onnx = f"{name}.cpu-int8.onnx"
         shutil.copyfile(root / entry["onnx"], root / onnx)
         data["files"][onnx] = sha256_file(root / onnx)
-        entry["cpu_int8"] = {"onnx": onnx, "external_data": None, "speed": wanted}
+        entry["cpu_int8"] = {"onnx": onnx, "external_data": None, "speed": wanted, "weight_type": weight_type}
     path.write_text(json.dumps(data))
 
 
@@ -123,6 +124,49 @@ def test_measurement_from_another_cpu_or_thread_count_is_logged(bundle_copy: Pat
     assert trunk.form == "cpu-int8"  # the bundle's measurement decides; the difference is said, not acted on
     assert trunk.warning is not None and "measured on Some Other CPU (64 CPUs; no integer dot-product" in trunk.warning
     assert "measured with threads=4, this run has threads=2" in trunk.warning
+
+
+CLIPPING = CpuHost("AVX2-only CPU", (), 2, "x86_64")  # u8×s8 kernels without VNNI: int8 weights clip
+
+
+@pytest.mark.parametrize(("host", "clips"), [
+    (CLIPPING, True),
+    (CpuHost("VNNI CPU", ("avx512_vnni",), 2, "x86_64"), False),
+    (CpuHost("AVX-VNNI CPU", ("avx_vnni",), 2, "AMD64"), False),
+    (CpuHost("Cortex-A78AE", ("asimddp",), 6, "aarch64"), False),
+    (CpuHost("old Arm core", (), 4, "aarch64"), False),  # Arm's kernels widen to 32 bits: nothing clips
+    (CpuHost("unrecorded", (), 2, ""), False),  # a host read from a bundle written before `machine` was recorded
+])
+def test_which_cpus_clip_8_bit_weights(host: CpuHost, clips: bool) -> None:
+    assert host.saturates_int8 is clips
+    assert CpuHost.from_dict(host.to_dict()) == host
+
+
+def test_int8_weights_on_a_clipping_cpu_run_fp32_under_auto(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr("runtime.backend_select.cpu_host", lambda: CLIPPING)
+    write_forms(bundle_copy, {"vision": speed(2.0, host=CLIPPING), "trunk": speed(2.0, host=CLIPPING)},
+                weight_type="int8")
+    bundle = load_bundle(bundle_copy)
+    auto = onnx_choice("auto", bundle).parts
+    for name in ("vision", "trunk"):
+        assert auto[name].form == "fp32" and auto[name].warning is not None
+        assert auto[name].warning.startswith(f"{name}: --precision auto runs FP32: {name}.cpu-int8.onnx has "
+                                             f"int8 weights and this CPU (AVX2-only CPU")
+        assert "rebuild the bundle with `build_engines --int8` on a CPU like this one" in auto[name].warning
+    int8 = onnx_choice("int8", bundle).parts["trunk"]
+    assert int8.form == "cpu-int8" and int8.warning is not None
+    assert int8.warning.startswith("trunk: --precision int8 runs its CPU INT8 form although trunk.cpu-int8.onnx "
+                                   "has int8 weights")
+    write_forms(bundle_copy, {"trunk": speed(2.0, host=CLIPPING)}, weight_type="uint8")
+    unsigned = onnx_choice("auto", load_bundle(bundle_copy)).parts["trunk"]
+    assert unsigned.form == "cpu-int8" and unsigned.warning is None
+
+
+def test_unknown_weight_type_in_the_manifest_is_refused(bundle_copy: Path) -> None:
+    write_forms(bundle_copy, {"trunk": speed(2.0)}, weight_type="int4")
+    with pytest.raises(MobileVLAError, match=r"CPU INT8 weight type 'int4': expected int8 or uint8"):
+        load_bundle(bundle_copy)
 
 
 def test_fp32_and_fp16_requests(bundle_copy: Path) -> None:
