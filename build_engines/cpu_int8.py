@@ -50,10 +50,10 @@ from build_engines.int8 import (
 )
 from calibration.cascade import Feed, load_frames
 from calibration.sampling import split_episodes
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.bundle import Bundle, PartEntry
 from runtime.cpu_int8 import CPU_INT8_SUFFIX, MIN_CPU_SPEEDUP, CpuHost, CpuInt8Form, CpuSpeed, cpu_host
 from runtime.errors import MobileVLAError
-from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import PART_NAMES
 
 log = logging.getLogger("build_engines.cpu_int8")
@@ -75,7 +75,7 @@ class CpuPart:
 
     @property
     def auto(self) -> bool:
-        """What `--precision auto` runs on ONNX Runtime (runtime/backend_select.py decides the same way)."""
+        """What `--precision auto` runs on ONNX Runtime (runtime/backends/onnx_forms.py decides the same way)."""
         return self.kept and self.speed.faster
 
     def to_dict(self) -> dict[str, Any]:

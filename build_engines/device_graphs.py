@@ -29,9 +29,9 @@ from build_engines.fp16 import FLOAT, FP16_MAX, fp16_emulation, layer_precisions
 from build_engines.graph_passes import save_model
 from calibration.cascade import EpisodeFrames, Feed
 from calibration.sampling import FrameRef
+from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.bundle import Bundle, PartEntry
 from runtime.episodes import EpisodeInfo
-from runtime.runners import OnnxRuntimeRunner
 from runtime.specs import PART_NAMES, PartSpec
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ def without_episodes(bundle: Bundle, frames: int, gate: GateSettings) -> DeviceG
 
 def chunk0_frames(bundle: Bundle, runners: Mapping[str, OnnxRuntimeRunner], frames: Sequence[np.ndarray]) -> np.ndarray:
     """chunk[0] of `frames` (one episode) through the runtime pipeline with `runners`."""
-    from runtime.backend import OnnxRuntimeBackend
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
     from runtime.pipeline import PolicyPipeline
 
     backend = OnnxRuntimeBackend(bundle, runners)

@@ -38,14 +38,14 @@ from calibration.cascade import (
     vision_feeds,
 )
 from calibration.sampling import FrameRef, SampleSettings, sample_frames, split_episodes
-from runtime.backend import OnnxRuntimeBackend
+from runtime.backends.base import Runner
+from runtime.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeRunner
 from runtime.bundle import Bundle, PartEntry
 from runtime.episodes import DatasetScan, EpisodeInfo, iter_episode_frames, scan_episodes
 from runtime.errors import MobileVLAError, check_range
 from runtime.pipeline import PolicyPipeline
 from runtime.preprocess import COLOR_ORDERS, check_choice
 from runtime.prompt import PromptEncoder
-from runtime.runners import OnnxRuntimeRunner, Runner
 from runtime.scoring import DEFAULT_DEAD_BAND, Scores, cosine, score
 from runtime.specs import PART_NAMES
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from build_engines.reference import ReferencePolicy, ReferenceStep, run_reference_episode
-from runtime.backend import onnx_backend
+from runtime.backends.base import Runner
+from runtime.backends.onnxruntime import onnx_backend
 from runtime.bundle import Bundle
 from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize
 from runtime.prompt import layout_text_inputs
-from runtime.runners import Runner
 from runtime.scoring import cosine
 
 

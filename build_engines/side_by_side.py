@@ -33,7 +33,7 @@ from build_engines.build import random_head, seeded_policy
 from build_engines.presets import PRESETS
 from build_engines.reference import ReferencePolicy
 from calibration.synthetic import SyntheticSpec, generate_episodes
-from runtime.backend_select import open_onnx_backend
+from runtime.backends.onnx_forms import open_onnx_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.episodes import Episode, scan_episodes
 from runtime.errors import MobileVLAError, check_range

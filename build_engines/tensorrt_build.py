@@ -26,9 +26,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtime.backends.cuda import DeviceInfo, cuda_device, device_command, import_tensorrt
 from runtime.bundle import Bundle, PartEntry, load_bundle, sha256_file
 from runtime.bundle_write import write_manifest
-from runtime.cuda_support import DeviceInfo, cuda_device, device_command, import_tensorrt
 from runtime.errors import MobileVLAError, check_range
 
 if TYPE_CHECKING:  # type-checked against tensorrt-stubs (make lint installs them); imported lazily at run time

@@ -20,10 +20,10 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from calibration.sampling import FrameRef
+from runtime.backends.base import Runner
 from runtime.episodes import Episode, EpisodeInfo
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptEncoder
-from runtime.runners import Runner
 
 Feed = dict[str, np.ndarray]
 

@@ -15,8 +15,8 @@ from typing import TextIO
 
 import yaml
 
-from runtime.backend import PolicyBackend
-from runtime.backend_select import choose_backend
+from runtime.backends.base import PolicyBackend
+from runtime.backends.select import open_backend
 from runtime.benchmark import ClockStatus, StageRecorder, jetson_clocks, summarize, write_plot
 from runtime.bundle import Bundle, load_bundle
 from runtime.cli_checks import check_outputs, count_type
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("config: %s", config.origin)
     if args.score:
         return score_runs(args, config, bundle, frames)
-    backend = choose_backend(config, bundle)
+    backend = open_backend(config, bundle)
     if args.benchmark:
         return benchmark(args, config, bundle, backend, frames)
     with ExitStack() as stack:

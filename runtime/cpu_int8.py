@@ -6,7 +6,7 @@ of the same part, dynamically quantized (int8 weights per output channel, activa
 time), which ONNX Runtime runs as integer kernels (`DynamicQuantizeMatMul`, `MatMulIntegerToFloat`,
 `DynamicQuantizeLSTM`; VNNI or dot-product instructions where the CPU has them). The build gates it like the Q/DQ
 graph and times it against FP32 (`CpuSpeed`); ONNX Runtime's `--precision auto` runs it only where that measurement
-says it is faster (runtime/backend_select.py).
+says it is faster (runtime/backends/onnx_forms.py).
 """
 
 from __future__ import annotations

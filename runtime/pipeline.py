@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.backend import MODEL_STAGES, PolicyBackend
+from runtime.backends.base import MODEL_STAGES, PolicyBackend
 from runtime.bundle import ActionSettings, Bundle
 from runtime.prompt import PromptEncoder
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from runtime.backend_select import onnx_precision, open_onnx_backend
+from runtime.backends.onnx_forms import onnx_precision, open_onnx_backend
 from runtime.bundle import Bundle
 from runtime.config import RuntimeConfig
 from runtime.errors import MobileVLAError

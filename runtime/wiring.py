@@ -7,7 +7,7 @@ import argparse
 import logging
 from contextlib import ExitStack
 
-from runtime.backend import PolicyBackend
+from runtime.backends.base import PolicyBackend
 from runtime.benchmark import StageRecorder
 from runtime.bundle import Bundle
 from runtime.config import RuntimeConfig

@@ -19,7 +19,7 @@ from build_engines.cpu_quantize import CpuInt8Settings
 from build_engines.int8 import GateSettings, Int8Options, Int8Result
 from build_engines.presets import kosmos_config
 from build_engines.reports import append_markdown
-from runtime.backend_select import onnx_choice
+from runtime.backends.onnx_forms import onnx_choice
 from runtime.bundle import load_bundle
 from runtime.bundle_write import hash_files, write_manifest
 from runtime.cpu_int8 import CpuHost, cpu_host

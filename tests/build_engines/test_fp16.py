@@ -18,8 +18,8 @@ from onnx import helper, numpy_helper
 
 from build_engines import device_graphs, tensorrt_build
 from build_engines.fp16 import FLOAT, FLOAT16, fp16_emulation, layer_precisions, to_fp16, value_types
+from runtime.backends.cuda import DeviceInfo
 from runtime.bundle import load_bundle
-from runtime.cuda_support import DeviceInfo
 
 ON_PURPOSE = {"LayerNormalization", "Softmax", "ReduceSum", "Sqrt", "Mul", "Add"}  # KEEP_FP32, the L2 norm, embeds
 

@@ -17,7 +17,7 @@ from build_engines.int8 import GateSettings, Int8Options, quantize_bundle
 from build_engines.quantize import check_qdq
 from build_engines.tensorrt_build import MIN_WORKSPACE, device_command, import_tensorrt, workspace_limit
 from calibration.sampling import SampleSettings
-from runtime.backend import onnx_backend
+from runtime.backends.onnxruntime import onnx_backend
 from runtime.bundle import load_bundle
 from runtime.episodes import iter_episode_frames, scan_episodes
 from runtime.errors import MobileVLAError

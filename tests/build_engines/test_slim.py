@@ -12,9 +12,9 @@ import pytest
 
 from build_engines import tensorrt_build
 from build_engines.cli import main
+from runtime.backends.cuda import DeviceInfo
 from runtime.bundle import load_bundle
 from runtime.cli import main as runtime_main
-from runtime.cuda_support import DeviceInfo
 
 from .test_fp16 import fake_tensorrt
 

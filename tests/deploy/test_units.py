@@ -18,8 +18,8 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
+from runtime.backends.cuda import DeviceInfo
 from runtime.config_file import load_config
-from runtime.cuda_support import DeviceInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
@@ -131,22 +131,22 @@ def fake_bundle(engines: dict[str, dict[str, str]]) -> SimpleNamespace:
     ({"fp16": {"tensorrt": "8.5.2.2", "device": "Orin", "compute_capability": "8.7"}}, 0),
 ])
 def test_engines_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engines: dict, expected: int) -> None:
+    import runtime.backends.cuda
     import runtime.bundle
-    import runtime.cuda_support
 
     helper = load_helper()
-    monkeypatch.setattr(runtime.cuda_support, "import_tensorrt", lambda: SimpleNamespace(__version__="10.3.0.30"))
-    monkeypatch.setattr(runtime.cuda_support, "cuda_device", lambda: DeviceInfo("Orin", "8.7", 16 << 30))
+    monkeypatch.setattr(runtime.backends.cuda, "import_tensorrt", lambda: SimpleNamespace(__version__="10.3.0.30"))
+    monkeypatch.setattr(runtime.backends.cuda, "cuda_device", lambda: DeviceInfo("Orin", "8.7", 16 << 30))
     monkeypatch.setattr(runtime.bundle, "load_bundle", lambda root, verify_hashes=True: fake_bundle(engines))
     assert helper.main([str(tmp_path)]) == expected
 
 
 def test_engines_needed_without_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import runtime.cuda_support
+    import runtime.backends.cuda
 
-    monkeypatch.setattr(runtime.cuda_support, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(runtime.backends.cuda, "import_tensorrt", lambda: None)
     assert load_helper().main([str(tmp_path)]) == 1  # skipped: nothing to build with
-    monkeypatch.setattr(runtime.cuda_support, "import_tensorrt", lambda: SimpleNamespace(__version__="10.3.0.30"))
+    monkeypatch.setattr(runtime.backends.cuda, "import_tensorrt", lambda: SimpleNamespace(__version__="10.3.0.30"))
     assert load_helper().main([str(tmp_path / "missing")]) == 0  # the builder reports the missing bundle
 
 

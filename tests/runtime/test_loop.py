@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backend import onnx_backend
+from runtime.backends.onnxruntime import onnx_backend
 from runtime.bundle import load_bundle
 from runtime.cli import main
 from runtime.config import RuntimeConfig, SafetyConfig, ScheduleConfig, SourceConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backend import onnx_backend
+from runtime.backends.onnxruntime import onnx_backend
 from runtime.bundle import load_bundle
 from runtime.config import RuntimeConfig, SafetyConfig, SourceConfig
 from runtime.control import InstructionBox

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backend import onnx_backend
+from runtime.backends.onnxruntime import onnx_backend
 from runtime.bundle import ActionSettings, load_bundle
 from runtime.errors import MobileVLAError
 from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize

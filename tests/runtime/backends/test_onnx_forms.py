@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime.backend import OnnxRuntimeBackend
-from runtime.backend_select import choose_backend, onnx_choice, onnx_precision, open_onnx_backend
+from runtime.backends.onnx_forms import onnx_choice, onnx_precision, open_onnx_backend
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.backends.select import open_backend
 from runtime.bundle import load_bundle, sha256_file
 from runtime.config import RuntimeConfig
 from runtime.cpu_int8 import CpuHost, cpu_host
@@ -57,7 +58,7 @@ def bundle_copy(demo_bundle: Path, tmp_path: Path) -> Path:
 
 
 def open_and_step(config: RuntimeConfig, root: Path) -> OnnxRuntimeBackend:
-    backend = choose_backend(config, load_bundle(root))
+    backend = open_backend(config, load_bundle(root))
     assert isinstance(backend, OnnxRuntimeBackend)
     with backend:
         backend.frame[...] = 128
@@ -144,7 +145,7 @@ def test_which_cpus_clip_8_bit_weights(host: CpuHost, clips: bool) -> None:
 
 def test_int8_weights_on_a_clipping_cpu_run_fp32_under_auto(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    monkeypatch.setattr("runtime.backend_select.cpu_host", lambda: CLIPPING)
+    monkeypatch.setattr("runtime.backends.onnx_forms.cpu_host", lambda: CLIPPING)
     write_forms(bundle_copy, {"vision": speed(2.0, host=CLIPPING), "trunk": speed(2.0, host=CLIPPING)},
                 weight_type="int8")
     bundle = load_bundle(bundle_copy)

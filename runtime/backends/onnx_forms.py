@@ -1,8 +1,4 @@
-"""Which backend and precision run a bundle here: TensorRT when asked for or when its engines can run, else ONNX
-Runtime; the choice and its reason are logged.
-
-TensorRT runs the bundle's fp16 or int8 engines (`tensorrt_precision`). On ONNX Runtime each part runs one of
-three graphs (`onnx_choice`, docs/design.md §4):
+"""Which graph each part runs on ONNX Runtime (`onnx_choice`, docs/design.md §4), one of three:
 - `fp32`: the FP32 graph;
 - `cpu-int8`: the part's CPU INT8 form (integer kernels, runtime/cpu_int8.py), when the bundle has one: it passed
   the same accuracy gate as the TensorRT INT8 graph, and the build timed it against FP32 on its CPU;
@@ -23,14 +19,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.backend import PolicyBackend, onnx_backend_from, require_cpu_graphs
+from runtime.backends.base import PolicyBackend
+from runtime.backends.onnxruntime import onnx_backend_from, require_cpu_graphs
 from runtime.bundle import Bundle, PartEntry
-from runtime.config import RuntimeConfig
 from runtime.cpu_int8 import MIN_CPU_SPEEDUP, CpuHost, CpuInt8Form, CpuSpeed, cpu_host
 from runtime.errors import MobileVLAError
 
 log = logging.getLogger("runtime")
-
 ONNX_FORMS = ("fp32", "cpu-int8", "qdq-int8")
 REBUILD_FOR_CPU_INT8 = "rebuild the bundle with `build_engines --int8` to get CPU INT8 forms"
 
@@ -186,29 +181,4 @@ def open_onnx_backend(wanted: str, bundle: Bundle, threads: int = 0) -> PolicyBa
     log_choice(choice)
     backend = onnx_backend_from(bundle, choice.paths(bundle), choice.label, threads)
     check_cpu_forms(bundle, choice)
-    return backend
-
-
-def tensorrt_precision(wanted: str, bundle: Bundle) -> str:
-    if wanted == "fp32":
-        raise MobileVLAError("TensorRT engines are fp16 or int8; use --precision fp16/int8/auto, or --backend "
-                             "onnxruntime for fp32")
-    if wanted == "auto":
-        return "int8" if bundle.manifest.has_int8 else "fp16"
-    return wanted
-
-
-def choose_backend(config: RuntimeConfig, bundle: Bundle) -> PolicyBackend:
-    """TensorRT when asked for or when auto finds runnable engines; else ONNX Runtime. The choice is logged."""
-    from runtime import tensorrt_backend
-
-    if config.precision == "fp32" and config.backend != "tensorrt":
-        log.info("backend onnxruntime (--precision fp32: TensorRT engines are fp16/int8)")
-    else:
-        precision = tensorrt_precision(config.precision, bundle)
-        if tensorrt_backend.choose_backend(config.backend, bundle, precision).backend == "tensorrt":
-            # load_bundle has already hashed the engine files when verification is on
-            return tensorrt_backend.open_tensorrt_backend(bundle, precision, verify=False)
-    backend = open_onnx_backend(config.precision, bundle, config.threads)
-    log.info("running %s", backend.name)
     return backend
