@@ -55,7 +55,7 @@ from runtime.errors import MobileVLAError, check_range
 from runtime.paths import default_episodes_dir
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice
 from runtime.prompt import LAYOUTS, PromptEncoder, PromptSettings
-from runtime.sources import synthetic_frame
+from runtime.sources.synthetic import synthetic_frame
 from runtime.specs import PART_NAMES, PartDims, part_specs
 
 log = logging.getLogger("build_engines")

@@ -268,7 +268,7 @@ def replace_parts(bundle: Bundle, parts: Mapping[str, PartEntry]) -> Bundle:
 def without_episodes(bundle: Bundle, frames: int, gate: GateSettings) -> DeviceGraphs:
     """FP16-typed graphs for a build without episodes (no `--int8`): no overflow scan (it needs calibration frames),
     and the gate end to end over the parity's synthetic frames."""
-    from runtime.sources import synthetic_frame
+    from runtime.sources.synthetic import synthetic_frame
 
     updated, kept = part_entries(bundle, {}, [])
     staged = replace_parts(bundle, updated)

@@ -36,7 +36,8 @@ from runtime.paths import default_bundle_dir
 from runtime.pipeline import StepResult
 from runtime.score_episodes import score_runs
 from runtime.sinks import VelocityCommand
-from runtime.sources import SOURCE_FORMS, CaptureResult
+from runtime.sources.base import CaptureResult
+from runtime.sources.spec import SOURCE_FORMS
 from runtime.wiring import MEMORY_GUARD_EXIT, run_policy
 
 log = logging.getLogger("runtime")
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.score and args.benchmark:
         raise MobileVLAError("--score and --benchmark are separate runs; pick one")
-    if args.score and not config.source.spec.startswith("h5:"):
+    if args.score and config.source.parsed.kind != "h5":
         raise MobileVLAError(f"--score needs recorded actions: use --source h5:DIR (got --source {config.source.spec})")
     frames = args.frames if args.frames is not None else (args.warmup + 200 if args.benchmark else None)
     if args.benchmark and frames is not None and frames <= args.warmup:

@@ -7,6 +7,7 @@ override the file (the CLI applies them on top of the loaded config). Every sett
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from runtime.errors import MobileVLAError, range_problem
 from runtime.prompt import OVER_LONG
 from runtime.sinks import AXES
+from runtime.sources import spec as source_spec
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 RUNTIME_PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -44,6 +46,11 @@ class SourceConfig:
     backoff_max_s: float = 8.0
     file_sync: bool = True
     file_loop: bool = False
+
+    @functools.cached_property
+    def parsed(self) -> source_spec.SourceSpec:
+        """`spec` as a typed spec, parsed once; MobileVLAError naming the accepted forms when it is none of them."""
+        return source_spec.parse_source(self.spec)
 
 
 @dataclass(frozen=True)

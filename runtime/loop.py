@@ -39,7 +39,8 @@ from runtime.safety import (
 )
 from runtime.schedule import EnsembleScheduler, LatestChunk
 from runtime.sinks import SinkSet, VelocityCommand
-from runtime.sources import CaptureResult, FrameSource, ReplaySource
+from runtime.sources.base import CaptureResult, FrameSource
+from runtime.sources.replay import ReplaySource
 
 log = logging.getLogger("runtime.loop")
 

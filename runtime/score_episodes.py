@@ -17,7 +17,7 @@ from runtime.errors import MobileVLAError
 from runtime.pipeline import StepResult
 from runtime.scoring import Scores, score, scores_table
 from runtime.sinks import VelocityCommand
-from runtime.sources import CaptureResult
+from runtime.sources.base import CaptureResult
 from runtime.wiring import run_policy
 
 log = logging.getLogger("runtime")
@@ -33,7 +33,7 @@ def score_runs(args: argparse.Namespace, config: RuntimeConfig, bundle: Bundle, 
     else:
         runs = [onnx_precision(config.precision, bundle)]
     results = {precision: score_run(args, config, bundle, precision, frames) for precision in runs}
-    print(f"chunk[0] vs recorded actions, {config.source.spec[3:]}:")
+    print(f"chunk[0] vs recorded actions, {config.source.parsed.arg}:")
     print(scores_table(results))
     for name, why in next(iter(results.values())).skipped_episodes:
         print(f"skipped episode {name}: {why}")

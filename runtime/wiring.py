@@ -19,7 +19,7 @@ from runtime.pipeline import OutputSettings, PolicyPipeline
 from runtime.safety import MEMORY_GUARD
 from runtime.signals import stop_on_signals
 from runtime.sinks import SinkSet, open_sink
-from runtime.sources import open_source
+from runtime.sources.dispatch import open_source
 
 log = logging.getLogger("runtime")
 MEMORY_GUARD_EXIT = 3
@@ -56,7 +56,7 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
         source = open_source(config.source, manifest.preprocessing, frames, require_actions,
                              manifest.policy.action_dim)
         sinks = SinkSet([open_sink(spec) for spec in config.sinks])
-        replay_instructions = config.source.spec.startswith("h5:") and config.instruction.text is None
+        replay_instructions = config.source.parsed.kind == "h5" and config.instruction.text is None
         notifier = SystemdNotifier()
         stack.callback(notifier.close)
         loop = RuntimeLoop(config, pipeline, source, sinks, box, recorder, args.warmup if args.benchmark else 0,

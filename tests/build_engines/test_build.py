@@ -23,7 +23,7 @@ from build_engines.training_config import write_training_config
 from runtime.bundle import ActionSettings, Bundle, load_bundle
 from runtime.errors import MobileVLAError
 from runtime.prompt import PromptEncoder
-from runtime.sources import synthetic_frame
+from runtime.sources.synthetic import synthetic_frame
 
 DATA_DEPENDENT_OPS = {"NonZero", "ScatterND", "ScatterElements", "Loop", "If"}
 UNFITTED = FitSettings(steps=0)  # export/parity tests: the demo policy without its fit (seconds, not a minute)

@@ -13,7 +13,8 @@ from calibration.synthetic import SyntheticSpec, generate_episodes, instruction_
 from runtime.episodes import Episode, EpisodeInfo, scan_episodes
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing
-from runtime.sources import replay_frames
+from runtime.sources.replay import replay_frames
+from runtime.sources.spec import H5Spec
 
 pytest.importorskip("h5py")
 
@@ -70,7 +71,7 @@ def test_calibration_sees_exactly_the_frames_the_runtime_feeds(demo_episodes: Pa
     info = scan_episodes(demo_episodes).episodes[0]
     refs = sample_frames((info,), SampleSettings(frames=6))
     calibration = load_frames(refs, "bgr", pre, window=1)[info.path].frames
-    replay = {f.index: f.pixels for f in replay_frames(f"h5:{info.path}", pre, None, h5_color="bgr")}
+    replay = {f.index: f.pixels for f in replay_frames(H5Spec(info.path, f"h5:{info.path}"), pre, None, h5_color="bgr")}
     assert len(calibration) == 6
     for index, pixels in calibration.items():
         assert pixels.dtype == np.uint8 and pixels.shape == (224, 224, 4)

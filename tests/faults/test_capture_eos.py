@@ -17,13 +17,16 @@ import pytest
 
 pytest.importorskip("gi", reason="camera capture needs PyGObject (pip install 'PyGObject<3.51' or apt python3-gi)")
 
-from runtime.capture import CaptureError, CaptureSettings, GstCapture, _gst
 from runtime.cli import main
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing
+from runtime.sources.base import CaptureError
+from runtime.sources.gstreamer.buffer import gst_modules
+from runtime.sources.gstreamer.capture import GstCapture
+from runtime.sources.gstreamer.pipeline import CaptureSettings
 
 try:
-    _HAVE_TESTSRC = _gst().Gst.ElementFactory.find("videotestsrc") is not None
+    _HAVE_TESTSRC = gst_modules().Gst.ElementFactory.find("videotestsrc") is not None
 except MobileVLAError:
     _HAVE_TESTSRC = False
 pytestmark = pytest.mark.skipif(not _HAVE_TESTSRC, reason="GStreamer with videotestsrc (plugins-base) is missing")

@@ -97,7 +97,9 @@ def test_user_errors_exit_nonzero_with_message(demo_bundle: Path, tmp_path: Path
 
 def test_runtime_imports_no_heavy_packages() -> None:
     code = (
-        "import sys, runtime, runtime.cli, runtime.pipeline, runtime.sources, runtime.backends.onnxruntime\n"
+        "import sys, runtime, runtime.cli, runtime.pipeline, runtime.sources.dispatch\n"
+        "import runtime.sources.gstreamer.capture\n"
+        "import runtime.backends.onnxruntime, runtime.backends.select\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnx', 'onnx_graphsurgeon') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

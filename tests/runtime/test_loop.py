@@ -23,7 +23,7 @@ from runtime.loop import RuntimeLoop
 from runtime.pipeline import PolicyPipeline
 from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN
 from runtime.sinks import SinkSet, open_sink
-from runtime.sources import open_source
+from runtime.sources.dispatch import open_source
 from tests.udp import drain
 
 
@@ -202,7 +202,7 @@ def test_stalling_camera_zeroes_within_the_deadline_then_reconnects(demo_bundle:
     pytest.importorskip("gi")
     import threading
 
-    from tests.runtime.test_capture import UdpSender
+    from tests.fakes.camera import UdpSender
 
     with UdpSender() as sender:
         source = SourceConfig(spec=sender.spec, stall_timeout_s=0.3, first_frame_timeout_s=2.0, backoff_s=0.05,

@@ -24,7 +24,7 @@ from runtime.loop import RuntimeLoop
 from runtime.notify import SystemdNotifier, watchdog_interval
 from runtime.pipeline import PolicyPipeline
 from runtime.sinks import SinkSet
-from runtime.sources import open_source
+from runtime.sources.dispatch import open_source
 
 
 class NotifySocket:
@@ -130,7 +130,7 @@ def test_pings_stop_while_the_backend_hangs(demo_bundle: Path, notify_socket: No
 
 def test_pings_stop_while_the_camera_stalls(demo_bundle: Path, notify_socket: NotifySocket) -> None:
     pytest.importorskip("gi")
-    from tests.runtime.test_capture import UdpSender
+    from tests.fakes.camera import UdpSender
 
     with UdpSender() as sender:
         source = SourceConfig(spec=sender.spec, stall_timeout_s=5.0, first_frame_timeout_s=2.0)

@@ -10,7 +10,7 @@ from runtime.bundle import ActionSettings, load_bundle
 from runtime.errors import MobileVLAError
 from runtime.pipeline import OutputSettings, PolicyPipeline, denormalize
 from runtime.preprocess import Preprocessing
-from runtime.sources import synthetic_frame
+from runtime.sources.synthetic import synthetic_frame
 
 
 def test_history_window_rolls_over_after_eight_frames(demo_bundle: Path) -> None:

@@ -27,7 +27,7 @@ from runtime.backends.tensorrt.runner import TensorRTRunner
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import MobileVLAError
 from runtime.prompt import PromptEncoder
-from runtime.sources import synthetic_frame
+from runtime.sources.synthetic import synthetic_frame
 from tests.fakes.gpu import FAKE_VERSION, FakeGpu
 
 

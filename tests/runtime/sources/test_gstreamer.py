@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import socket
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -19,21 +17,14 @@ import pytest
 
 pytest.importorskip("gi", reason="camera capture needs PyGObject (pip install 'PyGObject<3.51' or apt python3-gi)")
 
-# Imported after the importorskip: runtime.capture itself imports without gi, but the tests need it.
-from runtime.capture import (
-    SINK_NAME,
-    BufferMapper,
-    CaptureError,
-    CaptureResult,
-    CaptureSettings,
-    GstCapture,
-    _gst,
-    buffer_address,
-    is_capture_spec,
-    pipeline_description,
-)
+# Imported after the importorskip: runtime.sources.gstreamer itself imports without gi, but the tests need it.
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing, prepare_frame
+from runtime.sources.base import CaptureError, CaptureResult
+from runtime.sources.gstreamer.buffer import BufferMapper, buffer_address, gst_modules
+from runtime.sources.gstreamer.capture import GstCapture
+from runtime.sources.gstreamer.pipeline import SINK_NAME, CaptureSettings, pipeline_description
+from tests.fakes.camera import UdpSender
 
 NEEDED = ("videotestsrc", "videoconvert", "videoscale", "appsink", "appsrc", "udpsrc", "uridecodebin", "jpegenc",
           "avimux", "videoflip")
@@ -41,7 +32,7 @@ NEEDED = ("videotestsrc", "videoconvert", "videoscale", "appsink", "appsrc", "ud
 
 def _gstreamer() -> Any:
     try:
-        gst = _gst().Gst
+        gst = gst_modules().Gst
     except MobileVLAError as exc:
         pytest.skip(f"GStreamer through PyGObject is unavailable: {exc}", allow_module_level=True)
     missing = [name for name in NEEDED if gst.ElementFactory.find(name) is None]
@@ -122,13 +113,6 @@ def test_cpu_source_descriptions(tmp_path: Path) -> None:
     assert "drop=false max-buffers=1 sync=false" in unsynced  # every frame, as fast as they are read
     custom = pipeline_description("gst:rtspsrc location=rtsp://cam/1 ! decodebin", PRE, CaptureSettings())
     assert custom.startswith("rtspsrc location=rtsp://cam/1 ! decodebin ! videoscale ! videoconvert ! ")
-
-
-def test_is_capture_spec() -> None:
-    for spec in ("csi", "csi:1", "v4l2:/dev/video0", "file:a.mp4", "test", "gst:videotestsrc"):
-        assert is_capture_spec(spec), spec
-    for spec in ("synthetic", "h5:episodes", "csi1", "testing", "camera"):
-        assert not is_capture_spec(spec), spec
 
 
 def test_bad_specs_and_settings_are_explained(tmp_path: Path) -> None:
@@ -275,43 +259,6 @@ def test_finite_gst_source_ends() -> None:
 
 
 # --- stalls, repeats, lifecycle ---------------------------------------------------------------------------------------
-
-
-class UdpSender:
-    """Small raw RGBA frames over UDP, one frame per datagram, at ~50 fps while `sending` is set."""
-
-    def __init__(self, size: int = 16) -> None:
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.size = size
-        self.sending = threading.Event()
-        self._quit = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def spec(self) -> str:
-        return (f"gst:udpsrc address=127.0.0.1 port={self.port} ! "
-                f"video/x-raw,format=RGBA,width={self.size},height={self.size},framerate=50/1")
-
-    def _run(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            value = 0
-            while not self._quit.is_set():
-                if self.sending.is_set():
-                    value = (value + 1) % 256
-                    sock.sendto(bytes([value]) * (self.size * self.size * 4), ("127.0.0.1", self.port))
-                time.sleep(0.02)
-
-    def __enter__(self) -> UdpSender:
-        self.sending.set()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._quit.set()
-        self._thread.join()
 
 
 STALL = CaptureSettings(stall_timeout_s=0.3, first_frame_timeout_s=0.4, backoff_s=0.05, backoff_max_s=0.2,

@@ -1,0 +1,34 @@
+"""`open_source`: the source a `--source` spec names (parsed once, runtime/sources/spec.py), a GStreamer capture or
+a replay.
+"""
+
+from __future__ import annotations
+
+from runtime.config import SourceConfig
+from runtime.errors import MobileVLAError
+from runtime.preprocess import Preprocessing
+from runtime.sources.base import FrameSource, Skipped
+from runtime.sources.replay import ReplaySource, replay_frames
+from runtime.sources.spec import H5Spec, SyntheticSpec
+
+
+def open_source(config: SourceConfig, pre: Preprocessing, frames: int | None = None, require_actions: bool = False,
+                action_dim: int = 2) -> FrameSource:
+    """The source `config.spec` names: a GStreamer capture, or a replay of synthetic / h5 frames."""
+    spec = config.parsed
+    if isinstance(spec, (SyntheticSpec, H5Spec)):
+        skipped: Skipped = []
+        replay = replay_frames(spec, pre, frames, config.h5_color, require_actions, action_dim, skipped)
+        return ReplaySource(replay, config.spec, skipped)
+    if require_actions:
+        raise MobileVLAError(f"source {config.spec} has no recorded actions to score against; use --source h5:DIR")
+    from runtime.sources.gstreamer.capture import GstCapture  # GStreamer is imported only when a capture starts
+    from runtime.sources.gstreamer.pipeline import CaptureSettings
+
+    settings = CaptureSettings(
+        sensor_mode=config.sensor_mode, fps=config.fps, flip_method=config.flip_method,
+        stall_timeout_s=config.stall_timeout_s, first_frame_timeout_s=config.first_frame_timeout_s,
+        reconnect_attempts=config.reconnect_attempts, backoff_s=config.backoff_s,
+        backoff_max_s=config.backoff_max_s, file_sync=config.file_sync, file_loop=config.file_loop,
+    )
+    return GstCapture(spec, pre, settings)

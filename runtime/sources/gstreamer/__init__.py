@@ -1,0 +1,1 @@
+"""GStreamer capture: pipeline.py, buffer.py, capture.py (runtime/sources/__init__.py)."""

@@ -1,0 +1,200 @@
+"""GStreamer pipeline descriptions per capture source, and the checks and hints before one is built.
+
+Sources (`--source` specs):
+- `csi[:SENSOR_ID]`: `nvarguscamerasrc` -> `nvvidconv` (the Jetson's VIC converts and scales in hardware; the CPU
+  never touches sensor-size pixels) -> RGBA `(S, S)`.
+- `v4l2:/dev/videoN`: a USB/UVC camera (`v4l2src`), scaled and converted on the CPU.
+- `file:PATH`: any video GStreamer decodes; clock-synced by default so a file behaves like a camera.
+- `test`: `videotestsrc` (live, a moving ball) at the sensor mode and frame rate; needs no hardware.
+- `gst:DESCRIPTION`: the user's own source description (e.g. `rtspsrc ... ! decodebin`); the tail is appended. Live
+  (GStreamer: no preroll) it is a camera, whose end of stream is a failure; non-live it ends like a file.
+
+Every frame arrives as the `(S, S, C)` uint8 frame of `Preprocessing.frame_format`, the layout `prepare_frame` would
+produce from the same RGB image. The resize is the scaler's (VIC or `videoscale`), not PIL's: camera frames are not
+bit-identical to `prepare_frame`'s antialiased bilinear resize of the same picture, only close.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import MobileVLAError
+from runtime.preprocess import FRAME_FORMATS, Preprocessing
+from runtime.sources.spec import CaptureSpec, parse_capture
+
+SINK_NAME = "mvla_capture_sink"
+# nvvidconv's flip-method numbering (what the robot uses) -> videoflip's method for the CPU-side sources.
+_VIDEOFLIP_METHODS = ("none", "counterclockwise", "rotate-180", "clockwise", "horizontal-flip", "upper-right-diagonal",
+                      "vertical-flip", "upper-left-diagonal")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    sensor_mode: tuple[int, int] = (1280, 720)  # csi: the Argus sensor mode; test: the generated size
+    fps: int = 30
+    flip_method: int = 0  # nvvidconv numbering: 0 none, 1 ccw 90, 2 180, 3 cw 90, 4 horizontal, 6 vertical, 5/7 diag
+    frame_deadline_s: float = 0.25  # newest frame older than this -> the caller's deadman zeroes the robot
+    stall_timeout_s: float = 1.0  # no new frame for this long -> tear down and reconnect
+    first_frame_timeout_s: float = 5.0
+    reconnect_attempts: int = 5  # consecutive failed reconnects before giving up
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+    healthy_run_s: float = 30.0  # a live source that ends the stream sooner after a reconnect: a failed attempt
+    file_sync: bool = True  # file: play at the file's own rate (like a camera); False: as fast as frames are read
+    file_loop: bool = False
+
+    def __post_init__(self) -> None:
+        width, height = self.sensor_mode
+        problems = []
+        if width <= 0 or height <= 0:
+            problems.append(f"sensor_mode must be positive, got {width}x{height}")
+        if self.fps <= 0:
+            problems.append(f"fps must be positive, got {self.fps}")
+        if not 0 <= self.flip_method <= 7:
+            problems.append(f"flip_method must be 0..7 (nvvidconv numbering), got {self.flip_method}")
+        for name in ("frame_deadline_s", "stall_timeout_s", "first_frame_timeout_s", "healthy_run_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.reconnect_attempts < 0:
+            problems.append(f"reconnect_attempts must be >= 0, got {self.reconnect_attempts}")
+        if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
+            problems.append(f"need 0 <= backoff_s <= backoff_max_s, got {self.backoff_s} and {self.backoff_max_s}")
+        if problems:
+            raise MobileVLAError("invalid capture settings: " + "; ".join(problems))
+
+
+def _appsink(sync: bool, drop: bool) -> str:
+    # max-buffers=1 + drop=true: the sink keeps only the newest frame (latest-frame semantics, bounded latency).
+    # enable-last-sample=false: no extra buffer reference held by the sink between pulls.
+    return (f"appsink drop={str(drop).lower()} max-buffers=1 sync={str(sync).lower()} emit-signals=false "
+            f"enable-last-sample=false name={SINK_NAME}")
+
+
+def _cpu_tail(pre: Preprocessing, settings: CaptureSettings) -> str:
+    """Scale first (cheaper than converting sensor-size pixels), then convert; flip the small frame."""
+    size = pre.image_size
+    flip = f" ! videoflip method={_VIDEOFLIP_METHODS[settings.flip_method]}" if settings.flip_method else ""
+    # No pixel-aspect-ratio in the caps: videoscale squashes to S x S as the training resize did (no letterbox).
+    return f"videoscale ! videoconvert{flip} ! video/x-raw,width={size},height={size},format={pre.frame_format}"
+
+
+def sink_mode(spec: CaptureSpec, settings: CaptureSettings) -> tuple[bool, bool]:
+    """(sync, drop) of the appsink per source kind."""
+    if spec.kind == "file":
+        # Synced: played at the file's rate, stale frames dropped like a camera. Unsynced: every frame, as fast as the
+        # caller reads (drop=false makes the decoder wait for the reader instead of skipping frames).
+        return (True, True) if settings.file_sync else (False, False)
+    return False, True  # live sources: frames are already real-time; waiting on the clock only adds latency
+
+
+def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: CaptureSettings) -> str:
+    """The gst-launch-1.0 description of a capture spec (paste it after `gst-launch-1.0 -v` to debug a camera)."""
+    source = parse_capture(spec) if isinstance(spec, str) else spec
+    if pre.frame_format not in FRAME_FORMATS:
+        raise MobileVLAError(f"unknown frame_format {pre.frame_format!r}; expected one of {', '.join(FRAME_FORMATS)}")
+    sink = _appsink(*sink_mode(source, settings))
+    size, (width, height), fps = pre.image_size, settings.sensor_mode, settings.fps
+    if source.kind == "csi":
+        head = (f"nvarguscamerasrc sensor-id={source.arg} ! "
+                f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1 ! "
+                f"nvvidconv flip-method={settings.flip_method} ! video/x-raw,width={size},height={size},format=RGBA")
+        if pre.frame_format != "RGBA":
+            # nvvidconv writes RGBA/BGRx only; the remaining conversion is at S x S, which costs the CPU ~nothing.
+            head += f" ! videoconvert ! video/x-raw,format={pre.frame_format}"
+        return f"{head} ! {sink}"
+    if source.kind == "v4l2":
+        head = f"v4l2src device={source.arg}"
+    elif source.kind == "file":
+        head = f"uridecodebin uri={Path(source.arg).expanduser().resolve().as_uri()}"
+    elif source.kind == "test":
+        # Generated at S x S, like the CSI path whose VIC scaling leaves the CPU nothing to do at sensor size.
+        head = f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={size},height={size},framerate={fps}/1"
+    else:
+        head = source.arg
+    return f"{head} ! {_cpu_tail(pre, settings)} ! {sink}"
+
+
+_KIND_ELEMENTS = {
+    "csi": ("nvarguscamerasrc", "nvvidconv"),
+    "v4l2": ("v4l2src", "videoscale", "videoconvert"),
+    "file": ("uridecodebin", "videoscale", "videoconvert"),
+    "test": ("videotestsrc", "videoscale", "videoconvert"),
+    "gst": ("videoscale", "videoconvert"),
+}
+_ELEMENT_PACKAGES = {
+    "v4l2src": "gstreamer1.0-plugins-good",
+    "videoflip": "gstreamer1.0-plugins-good",
+}
+
+
+def failure_hint(spec: CaptureSpec) -> str:
+    if spec.kind == "csi":
+        return (
+            "Likely causes: the Argus daemon is wedged after an unclean stop (restart nvargus-daemon: sudo systemctl "
+            f"restart nvargus-daemon), the camera ribbon cable is loose, or no sensor is connected as sensor-id "
+            f"{spec.arg} (check the cable and the sensor-id; list sensors with: ls /dev/video*)."
+        )
+    if spec.kind == "v4l2":
+        return (
+            f"Likely causes: the camera was unplugged or re-enumerated under another number than {spec.arg} "
+            "(v4l2-ctl --list-devices), or this user may not open it (permissions: add the user to the video group, "
+            "sudo usermod -aG video $USER, and log in again)."
+        )
+    if spec.kind == "file":
+        return (
+            f"Likely cause: {spec.arg} is unreadable or not a video GStreamer can decode (try: gst-launch-1.0 "
+            "playbin uri=file:///absolute/path; more codecs: gstreamer1.0-plugins-bad, gstreamer1.0-libav)."
+        )
+    if spec.kind == "test":
+        return "videotestsrc does not fail on a working GStreamer install: reinstall gstreamer1.0-plugins-base."
+    return (
+        f"Likely cause: your GStreamer description {spec.arg!r}; check it alone with: gst-launch-1.0 -v "
+        f"{spec.arg} ! videoconvert ! fakesink"
+    )
+
+
+def check_source(spec: CaptureSpec) -> None:
+    """Catch bad specs before building a pipeline, with messages that say how to fix them."""
+    if spec.kind == "file":
+        path = Path(spec.arg).expanduser()
+        if not path.is_file():
+            raise MobileVLAError(f"capture source {spec.label!r}: no such file {path}")
+        if not os.access(path, os.R_OK):
+            raise MobileVLAError(f"capture source {spec.label!r}: {path} is not readable by this user")
+    elif spec.kind == "v4l2":
+        device = Path(spec.arg)
+        if not device.exists():
+            raise MobileVLAError(
+                f"capture source {spec.label!r}: no such device {device}; list cameras with v4l2-ctl --list-devices "
+                "or ls /dev/video*"
+            )
+        if not stat.S_ISCHR(device.stat().st_mode):
+            raise MobileVLAError(f"capture source {spec.label!r}: {device} is not a video device (not a char device)")
+        if not os.access(device, os.R_OK | os.W_OK):
+            raise MobileVLAError(
+                f"capture source {spec.label!r}: permission denied on {device}; add the user to the video group "
+                "(sudo usermod -aG video $USER) and log in again"
+            )
+
+
+def check_elements(spec: CaptureSpec, settings: CaptureSettings, gst: Any) -> None:
+    wanted = [*_KIND_ELEMENTS[spec.kind], "appsink"]
+    if settings.flip_method and spec.kind != "csi":
+        wanted.append("videoflip")
+    for name in wanted:
+        if gst.ElementFactory.find(name) is not None:
+            continue
+        if name in ("nvarguscamerasrc", "nvvidconv"):
+            raise MobileVLAError(
+                f"{name} is not installed: csi capture needs a Jetson with JetPack's GStreamer plugins "
+                "(nvidia-l4t-gstreamer); elsewhere use v4l2:/dev/videoN, file:PATH or test"
+            )
+        package = _ELEMENT_PACKAGES.get(name, "gstreamer1.0-plugins-base")
+        raise MobileVLAError(
+            f"GStreamer element {name} is not installed (needed by capture source {spec.label!r}): "
+            f"sudo apt install {package}"
+        )

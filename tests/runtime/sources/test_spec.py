@@ -1,0 +1,66 @@
+"""`runtime/sources/spec.py`: every `--source` form parsed once into its kind, and bad specs explained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.config import SourceConfig
+from runtime.errors import MobileVLAError
+from runtime.sources.spec import (
+    CsiSpec,
+    FileSpec,
+    GstSpec,
+    H5Spec,
+    SyntheticSpec,
+    TestSpec,
+    V4l2Spec,
+    is_capture,
+    parse_capture,
+    parse_source,
+)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("csi", CsiSpec(0, "csi")),
+    ("csi:1", CsiSpec(1, "csi:1")),
+    ("v4l2:/dev/video0", V4l2Spec("/dev/video0", "v4l2:/dev/video0")),
+    ("file:a.mp4", FileSpec("a.mp4", "file:a.mp4")),
+    ("test", TestSpec()),
+    ("gst:videotestsrc ! decodebin", GstSpec("videotestsrc ! decodebin", "gst:videotestsrc ! decodebin")),
+    ("synthetic", SyntheticSpec()),
+    ("h5:episodes", H5Spec(Path("episodes"), "h5:episodes")),
+])
+def test_each_form_parses_to_its_kind(text: str, expected: object) -> None:
+    spec = parse_source(text)
+    assert spec == expected and spec.label == text
+    assert is_capture(spec) is (spec.kind in ("csi", "v4l2", "file", "test", "gst"))
+
+
+def test_kind_and_arg_are_uniform() -> None:
+    assert [(s.kind, s.arg) for s in map(parse_source, ("csi:2", "v4l2:/dev/video1", "h5:/data", "synthetic"))] == [
+        ("csi", "2"), ("v4l2", "/dev/video1"), ("h5", "/data"), ("synthetic", "")]
+
+
+@pytest.mark.parametrize("text", ["csi1", "testing", "camera", "rtsp://cam", ""])
+def test_unknown_sources_name_every_form(text: str) -> None:
+    with pytest.raises(MobileVLAError, match=rf"unknown source {text!r}; expected `csi\[:SENSOR_ID\]`, .* `synthetic` "
+                                             rf"or `h5:PATH`"):
+        parse_source(text)
+
+
+def test_bad_capture_specs_say_what_is_wrong() -> None:
+    with pytest.raises(MobileVLAError, match=r"bad capture source 'csi:left': the CSI sensor id must be a number"):
+        parse_source("csi:left")
+    with pytest.raises(MobileVLAError, match=r"bad capture source 'v4l2: ': nothing after `v4l2:`"):
+        parse_source("v4l2: ")
+    with pytest.raises(MobileVLAError, match=r"unknown capture source 'synthetic'; expected csi\[:SENSOR_ID\]"):
+        parse_capture("synthetic")  # a replay is no capture
+
+
+def test_the_config_parses_its_spec_once() -> None:
+    config = SourceConfig(spec="csi:3")
+    assert config.parsed is config.parsed and config.parsed == CsiSpec(3, "csi:3")
+    with pytest.raises(MobileVLAError, match=r"unknown source 'cam'"):
+        _ = SourceConfig(spec="cam").parsed
