@@ -12,8 +12,8 @@ from runtime.benchmark import StageRecorder
 from runtime.bundle import Bundle
 from runtime.config import RuntimeConfig
 from runtime.control import InstructionBox, encoder_validator, open_listener
+from runtime.health.monitor import HealthMonitor
 from runtime.loop import LoopResult, OnResult, RuntimeLoop, zero_summary
-from runtime.monitor import HealthMonitor, MonitorSettings
 from runtime.notify import SystemdNotifier
 from runtime.pipeline import OutputSettings, PolicyPipeline
 from runtime.safety import MEMORY_GUARD
@@ -73,9 +73,8 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
             listener.start()
         monitor = None
         if config.monitor.enabled:
-            settings = MonitorSettings(**{k: v for k, v in vars(config.monitor).items() if k != "enabled"})
-            monitor = HealthMonitor(settings, lambda message: loop.request_stop(message, MEMORY_GUARD_EXIT,
-                                                                                 MEMORY_GUARD))
+            monitor = HealthMonitor(config.monitor, lambda message: loop.request_stop(message, MEMORY_GUARD_EXIT,
+                                                                                      MEMORY_GUARD))
             stack.enter_context(monitor)
             loop.health = lambda: memory_status(monitor)
         stack.callback(source.stop)

@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from runtime.config import MonitorConfig, parse_monitor
 from runtime.errors import MobileVLAError
+from runtime.health.monitor import HealthMonitor
+from runtime.health.proc import ProcReader
+from runtime.health.select import choose_reader
+from runtime.health.tegrastats import TegrastatsReader, parse_tegrastats
 from runtime.host import read_meminfo
-from runtime.monitor import (
-    HealthMonitor,
-    MonitorSettings,
-    ProcReader,
-    TegrastatsReader,
-    choose_reader,
-    parse_tegrastats,
-)
 
 # Real tegrastats output. Orin NX 16GB, JetPack 6 (L4T r36): lower-case zones, mW units, a date in front.
 ORIN_R36 = ("08-29-2024 14:03:41 RAM 3542/15656MB (lfb 2x4MB) SWAP 12/7828MB (cached 0MB) CPU [2%@729,1%@729,"
@@ -171,13 +168,14 @@ def test_explicit_sources_that_are_missing_say_so() -> None:
         choose_reader("jtop")
     with pytest.raises(MobileVLAError, match="monitor source tegrastats: tegrastats not on PATH"):
         choose_reader("tegrastats")
-    with pytest.raises(MobileVLAError, match="monitor source 'nvml' is unknown; expected one of auto, jtop"):
-        MonitorSettings(source="nvml")
+    # the one validation of the monitor's settings is the config's, for the file and the flags alike
+    with pytest.raises(MobileVLAError, match=r"config key `monitor.source` has value 'nvml'; allowed: auto \| jtop"):
+        parse_monitor({"source": "nvml"})
 
 
 def test_guard_fires_once_with_its_message(caplog: pytest.LogCaptureFixture) -> None:
     messages: list[str] = []
-    settings = MonitorSettings(interval_s=0.02, guard_available_mb=10**9, warn_available_mb=10**9 + 1,
+    settings = MonitorConfig(interval_s=0.02, guard_available_mb=10**9, warn_available_mb=10**9 + 1,
                                warn_swap_mb=10**9, warn_temp_c=10**6, source="proc")
     with caplog.at_level(logging.INFO, logger="runtime.monitor"), HealthMonitor(settings, messages.append) as monitor:
         wait_until(lambda: monitor.summary()["readings"] >= 5)
@@ -195,7 +193,7 @@ def test_guard_fires_once_with_its_message(caplog: pytest.LogCaptureFixture) -> 
 
 def test_no_guard_and_summary_on_a_healthy_machine() -> None:
     messages: list[str] = []
-    with HealthMonitor(MonitorSettings(interval_s=0.02, guard_available_mb=1.0, warn_available_mb=1.0,
+    with HealthMonitor(MonitorConfig(interval_s=0.02, guard_available_mb=1.0, warn_available_mb=1.0,
                                        warn_swap_mb=10**9, warn_temp_c=10**6, source="proc"),
                        messages.append) as monitor:
         wait_until(lambda: monitor.latest is not None)
@@ -209,7 +207,7 @@ def test_no_guard_and_summary_on_a_healthy_machine() -> None:
 
 
 def test_thread_stops_within_an_interval() -> None:
-    monitor = HealthMonitor(MonitorSettings(interval_s=0.5, source="proc"), lambda message: None)
+    monitor = HealthMonitor(MonitorConfig(interval_s=0.5, source="proc"), lambda message: None)
     monitor.start()
     wait_until(lambda: monitor.latest is not None)
     started = time.monotonic()
@@ -224,7 +222,7 @@ def test_thread_stops_within_an_interval() -> None:
 def test_auto_prefers_tegrastats_on_path_and_parses_it(tegrastats_on_path: Path) -> None:
     if importlib.util.find_spec("jtop") is not None:
         pytest.skip("jtop is installed here and would be tried first")
-    settings = MonitorSettings(interval_s=0.05, warn_temp_c=46.0)
+    settings = MonitorConfig(interval_s=0.05, warn_temp_c=46.0)
     with HealthMonitor(settings, lambda message: None) as monitor:
         assert monitor.source == "tegrastats"
         assert monitor.reader is not None and monitor.reader.why == "jtop not installed"
@@ -254,7 +252,7 @@ def test_tegrastats_exit_is_reported_and_proc_takes_over(tmp_path: Path, monkeyp
     fake_tegrastats(tmp_path, exit_after=2, error="tegrastats: cannot open /sys/kernel/debug/bpmp")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     with caplog.at_level(logging.WARNING, logger="runtime.monitor"), \
-            HealthMonitor(MonitorSettings(interval_s=0.05, source="tegrastats"), lambda message: None) as monitor:
+            HealthMonitor(MonitorConfig(interval_s=0.05, source="tegrastats"), lambda message: None) as monitor:
         assert monitor.source == "tegrastats"
         wait_until(lambda: monitor.source == "proc")
         wait_until(lambda: monitor.latest is not None and monitor.latest.source == "proc")
