@@ -35,7 +35,7 @@ from runtime.loop import LOOP_STAGES
 from runtime.paths import default_bundle_dir
 from runtime.pipeline import StepResult
 from runtime.score_episodes import score_runs
-from runtime.sinks import VelocityCommand
+from runtime.sinks.base import VelocityCommand
 from runtime.sources.base import CaptureResult
 from runtime.sources.spec import SOURCE_FORMS
 from runtime.wiring import MEMORY_GUARD_EXIT, run_policy

@@ -14,7 +14,7 @@ from typing import Any
 
 from runtime.errors import MobileVLAError, range_problem
 from runtime.prompt import OVER_LONG
-from runtime.sinks import AXES
+from runtime.sinks.base import AXES
 from runtime.sources import spec as source_spec
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")

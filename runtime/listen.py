@@ -13,7 +13,7 @@ import socket
 import sys
 
 from runtime.errors import MobileVLAError, run_cli
-from runtime.sinks import parse_udp
+from runtime.sinks.udp import parse_udp
 
 
 def listen(spec: str, count: int | None, timeout_s: float) -> int:

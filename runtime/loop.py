@@ -38,7 +38,8 @@ from runtime.safety import (
     SafetyLayer,
 )
 from runtime.schedule import EnsembleScheduler, LatestChunk
-from runtime.sinks import SinkSet, VelocityCommand
+from runtime.sinks.base import VelocityCommand
+from runtime.sinks.fanout import SinkSet
 from runtime.sources.base import CaptureResult, FrameSource
 from runtime.sources.replay import ReplaySource
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from runtime.config import SafetyConfig
-from runtime.sinks import AXES, RECOVERED_REASON, SHUTDOWN_REASON, VelocityCommand
+from runtime.sinks.base import AXES, RECOVERED_REASON, SHUTDOWN_REASON, VelocityCommand
 
 log = logging.getLogger("runtime.safety")
 

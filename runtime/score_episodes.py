@@ -16,7 +16,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import MobileVLAError
 from runtime.pipeline import StepResult
 from runtime.scoring import Scores, score, scores_table
-from runtime.sinks import VelocityCommand
+from runtime.sinks.base import VelocityCommand
 from runtime.sources.base import CaptureResult
 from runtime.wiring import run_policy
 

@@ -18,7 +18,8 @@ from runtime.notify import SystemdNotifier
 from runtime.pipeline import OutputSettings, PolicyPipeline
 from runtime.safety import MEMORY_GUARD
 from runtime.signals import stop_on_signals
-from runtime.sinks import SinkSet, open_sink
+from runtime.sinks.dispatch import open_sink
+from runtime.sinks.fanout import SinkSet
 from runtime.sources.dispatch import open_source
 
 log = logging.getLogger("runtime")

@@ -116,7 +116,10 @@ def test_exception_in_the_loop_sends_zero_then_raises(demo_bundle: Path, udp_rec
         main(["--bundle", str(demo_bundle), "--sink", f"udp:127.0.0.1:{udp_receiver.getsockname()[1]}",
               "--control", "none", "--no-verify"])
     messages = drain(udp_receiver)
-    assert [m["stop"] for m in messages[:5]] == [False] * 5
+    # up to 5 moving commands (the sinks' mailbox keeps the newest: on a busy CPU the final zero can replace the
+    # fifth before its worker sends it), then the zero
+    moving = messages[:-1]
+    assert 1 <= len(moving) <= 5 and not any(m["stop"] for m in moving), messages
     assert messages[-1]["stop"] is True and messages[-1]["reason"] == "fault"
 
 
@@ -157,7 +160,9 @@ def test_output_write_failure_stops_the_robot_with_a_message(demo_bundle: Path, 
 
 def test_a_late_publish_cannot_replace_the_final_zero(demo_bundle: Path, udp_receiver: socket.socket) -> None:
     """The final zero is the last word: a thread that publishes after it (a slow control loop) is ignored."""
-    from runtime.sinks import SinkSet, VelocityCommand, open_sink
+    from runtime.sinks.base import VelocityCommand
+    from runtime.sinks.dispatch import open_sink
+    from runtime.sinks.fanout import SinkSet
 
     with SinkSet([open_sink(f"udp:127.0.0.1:{udp_receiver.getsockname()[1]}")]) as sinks:
         sinks.publish(VelocityCommand(1, time.time(), 0.5))

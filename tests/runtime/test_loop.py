@@ -22,7 +22,8 @@ from runtime.control import InstructionBox, UdpInstructionListener
 from runtime.loop import RuntimeLoop
 from runtime.pipeline import PolicyPipeline
 from runtime.safety import NO_INSTRUCTION, OVERRUN, SHUTDOWN
-from runtime.sinks import SinkSet, open_sink
+from runtime.sinks.dispatch import open_sink
+from runtime.sinks.fanout import SinkSet
 from runtime.sources.dispatch import open_source
 from tests.udp import drain
 

@@ -23,7 +23,7 @@ from runtime.control import InstructionBox
 from runtime.loop import RuntimeLoop
 from runtime.notify import SystemdNotifier, watchdog_interval
 from runtime.pipeline import PolicyPipeline
-from runtime.sinks import SinkSet
+from runtime.sinks.fanout import SinkSet
 from runtime.sources.dispatch import open_source
 
 

@@ -18,20 +18,14 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import MobileVLAError
-from runtime.sinks import (
-    ROS_HINT,
-    SerialSink,
-    SinkSet,
-    StdoutSink,
-    UdpSink,
-    VelocityCommand,
-    command_record,
-    encode_serial,
-    nmea_checksum,
-    open_sink,
-    parse_serial,
-    serial_open_hint,
-)
+from runtime.sinks.base import VelocityCommand
+from runtime.sinks.dispatch import open_sink
+from runtime.sinks.fanout import SinkSet
+from runtime.sinks.formats import command_record, encode_serial, nmea_checksum
+from runtime.sinks.ros2 import ROS_HINT
+from runtime.sinks.serial import SerialSink, parse_serial, serial_open_hint
+from runtime.sinks.stdout import StdoutSink
+from runtime.sinks.udp import UdpSink
 
 needs_pyserial = pytest.mark.skipif(importlib.util.find_spec("serial") is None, reason="pyserial not installed")
 SERIAL_LINE = re.compile(r"^\$(VEL,(\d+),(-?\d+\.\d{4}),(-?\d+\.\d{4}),(-?\d+\.\d{4}),([01]))\*([0-9A-F]{2})\r\n$")
@@ -169,7 +163,7 @@ def test_serial_without_pyserial_says_how_to_install_it() -> None:
     # A fresh interpreter in which `import serial` fails, as on a robot without the package.
     code = ("import sys; sys.modules['serial'] = None\n"
             "from runtime.errors import MobileVLAError\n"
-            "from runtime.sinks import open_sink\n"
+            "from runtime.sinks.dispatch import open_sink\n"
             "try:\n    open_sink('serial:/dev/ttyUSB0')\n"
             "except MobileVLAError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
