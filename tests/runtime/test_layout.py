@@ -45,7 +45,7 @@ def test_no_import_cycle() -> None:
         state[name] = 1
         for other in sorted(edges[name]):
             if state.get(other) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(other):] + [name, other]))
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(other) :], other]))
             if other not in state:
                 visit(other, [*path, other])
         state[name] = 2
