@@ -37,22 +37,34 @@ def graph() -> dict[str, set[str]]:
             for name, path in modules.items()}
 
 
-def test_no_import_cycle() -> None:
-    edges = graph()
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path (first == last), or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
-    def visit(name: str, path: list[str]) -> None:
+    def visit(name: str, path: list[str]) -> list[str] | None:
         state[name] = 1
         for other in sorted(edges[name]):
             if state.get(other) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(other) :], other]))
-            if other not in state:
-                visit(other, [*path, other])
+                return [*path[path.index(other) :], other]
+            if other not in state and (cycle := visit(other, [*path, other])):
+                return cycle
         state[name] = 2
+        return None
 
     for name in sorted(edges):
-        if name not in state:
-            visit(name, [name])
+        if name not in state and (cycle := visit(name, [name])):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_runtime_imports_nothing_heavy() -> None:
