@@ -16,18 +16,19 @@ import torch
 
 from build_engines import device_graphs
 from build_engines.checkpoint import ImportedPolicy, import_checkpoint
-from build_engines.checkpoint_writer import write_robovlms_checkpoint
 from build_engines.cpu_int8 import cpu_int8_bundle, with_cpu_int8
+from build_engines.demo.fit import FitSettings
+from build_engines.demo.policy import checkpointless_policy, demo_episodes
 from build_engines.export import export_modules, export_part
-from build_engines.fit import FitReport, FitSettings, demo_init, fit_head
+from build_engines.input_episodes import user_episodes
 from build_engines.int8 import GateSettings, Int8Options, Int8Result, quantize_bundle
 from build_engines.output_dir import build_temp_dir, check_output, remove_stale
 from build_engines.parity import ParityReport, check_parity, parity_failure
-from build_engines.presets import PRESETS, TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
+from build_engines.presets import PRESETS
 from build_engines.prompt_tokens import (
     GENERATED,
     TOKENIZER_FILE,
-    prompt_settings,
+    policy_prompt,
     special_token_ids,
     tokenizer_source,
     write_tokenizer,
@@ -36,13 +37,9 @@ from build_engines.quantize import QuantSettings
 from build_engines.reference import ReferencePolicy
 from build_engines.reports import append_markdown, build_report, stage_memory, write_reports
 from build_engines.tensorrt_build import build_bundle_engines, check_workspace_mb, import_tensorrt
-from build_engines.tokenizer_gen import write_tiny_tokenizer
-from build_engines.training_config import default_training_config, write_training_config
-from calibration.sampling import SampleSettings, split_episodes
-from calibration.synthetic import SyntheticSpec, generate_episodes
+from calibration.sampling import SampleSettings
 from runtime import __version__
 from runtime.bundle import (
-    ActionSettings,
     Manifest,
     PartEntry,
     PolicySettings,
@@ -50,9 +47,7 @@ from runtime.bundle import (
     sha256_file,
 )
 from runtime.bundle_write import hash_files, staged_bundle_dir, write_manifest
-from runtime.episodes import H5_SUFFIXES, scan_episodes
 from runtime.errors import MobileVLAError, check_range
-from runtime.paths import default_episodes_dir
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice
 from runtime.prompt import LAYOUTS, PromptEncoder, PromptSettings
 from runtime.sources.synthetic import synthetic_frame
@@ -61,7 +56,6 @@ from runtime.specs import PART_NAMES, PartDims, part_specs
 log = logging.getLogger("build_engines")
 
 DEFAULT_INSTRUCTION = "navigate around the box to the left"
-DEMO_NORMALIZATION = ActionSettings(norm_action=True, norm_min=(-1.15,), norm_max=(1.15,))
 # The trunk runs at the padded prompt length every frame and its attention grows with the square of it; a robot
 # instruction is one sentence (~10-30 tokens). 512 is 16x the default and keeps the trunk's masks small.
 MAX_PROMPT_TOKENS = 512
@@ -135,71 +129,6 @@ class BuildResult:
     int8: Int8Result | None = None
 
 
-def seeded_policy(seed: int, preset: str, head: HeadConfig) -> ReferencePolicy:
-    """A preset's policy with seeded random weights."""
-    torch.manual_seed(seed)
-    return ReferencePolicy(kosmos_config(preset), head)
-
-
-def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
-    """The tiny demo policy before its checkpoint round trip."""
-    return seeded_policy(seed, "tiny", tiny_head(variant))
-
-
-def has_episodes(directory: Path) -> bool:
-    return directory.is_dir() and any(p.suffix in H5_SUFFIXES and p.is_file() for p in directory.iterdir())
-
-
-def user_episodes(flag: str, path: Path) -> Path:
-    """Episodes the user named must exist: nothing is ever generated into a user's directory."""
-    if not path.exists():
-        raise MobileVLAError(
-            f"{flag} {path} does not exist; pass the directory of the robot's recorded HDF5 episodes"
-        )
-    if path.is_dir() and not has_episodes(path):
-        raise MobileVLAError(
-            f"{flag} {path} holds no .h5/.hdf5 episode files; pass the directory of the robot's recorded episodes. "
-            f"(Synthetic episodes are only for the demo: without --calibration-data it generates them in its cache, "
-            f"{default_episodes_dir()})"
-        )
-    return path
-
-
-def demo_episodes(options: BuildOptions) -> Path:
-    """The demo's episodes: `--calibration-data`, else synthetic ones in the cache (generated on first use)."""
-    if options.episodes is not None:
-        return user_episodes("--calibration-data", options.episodes)
-    directory = default_episodes_dir()
-    if not has_episodes(directory):
-        spec = SyntheticSpec(episodes_per_scenario=8, seed=options.seed)
-        log.info("generating %d synthetic episodes in %s", spec.episodes_per_scenario * len(spec.scenarios),
-                 directory)
-        generate_episodes(directory, spec)
-    return directory
-
-
-def demo_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, FitReport]:
-    """The embedded default: a seeded tiny policy fitted briefly to the demo episodes' calibration pool (never to
-    the held-out ones), written as a RoboVLMs checkpoint, then imported for real."""
-    policy = demo_reference_policy(options.seed, options.demo_head_variant)
-    demo_init(policy)
-    head = policy.head_config
-    data = demo_episodes(options)
-    scan = scan_episodes(data, require_actions=True, action_dim=head.action_dim, min_frames=head.window)
-    pool = split_episodes(scan.episodes, options.sample).pool
-    tokenizer = workdir / TOKENIZER_FILE
-    write_tiny_tokenizer(tokenizer, vocab_size=TINY_VOCAB)
-    encoder = PromptEncoder(tokenizer, bundle_prompt(options, tokenizer, policy))
-    fit = fit_head(policy, pool, options.episode_color, options.preprocessing, encoder, options.instruction,
-                   DEMO_NORMALIZATION, options.fit)
-    checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
-    write_robovlms_checkpoint(policy, checkpoint, seed=options.seed)
-    write_training_config(config, head, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
-    log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", checkpoint.name,
-             config.name)
-    return import_checkpoint(checkpoint, config, preset="tiny"), fit
-
-
 def calibration_data(options: BuildOptions, imported: ImportedPolicy) -> Path:
     if options.episodes is not None:
         return options.episodes
@@ -214,28 +143,9 @@ def calibration_data(options: BuildOptions, imported: ImportedPolicy) -> Path:
     )
 
 
-def random_head(preset: str) -> HeadConfig:
-    """The head of a `--random-weights` build: the tiny preset's, else Mobile VLA's (velocities, LSTM hidden 512)."""
-    return tiny_head() if preset == "tiny" else HeadConfig()
-
-
-def random_policy(options: BuildOptions) -> ImportedPolicy:
-    """Random weights at a preset's real shapes, without a checkpoint round trip (a real-size checkpoint would
-    need several copies of 6.6 GB in memory). The Mobile VLA head: velocities, LSTM hidden 512."""
-    policy = seeded_policy(options.seed, options.preset, random_head(options.preset))
-    log.warning("random weights at the %s preset's shapes: for export and latency tests only", options.preset)
-    return ImportedPolicy(policy, default_training_config(policy.head_config, DEMO_NORMALIZATION), None, 0, 0)
-
-
 def release_weights(policy: ReferencePolicy) -> None:
     """Free the reference policy's tensors once parity is done (its shapes and settings stay readable)."""
     policy.to(torch.device("meta"))
-
-
-def bundle_prompt(options: BuildOptions, tokenizer: Path, policy: ReferencePolicy,
-                  label: Path | str | None = None) -> PromptSettings:
-    vocab = int(policy.backbone.text_model.model.embed_tokens.num_embeddings)
-    return prompt_settings(tokenizer, options.layout, options.instruction, options.max_prompt_tokens, vocab, label)
 
 
 def content_files(parts: dict[str, PartEntry]) -> list[str]:
@@ -291,14 +201,9 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with build_temp_dir() as tmp:
-        if options.checkpoint is None and options.random_weights:
-            imported = random_policy(options)
-            source: dict[str, Any] = {"checkpoint": f"random weights ({options.preset} preset)", "seed": options.seed}
-        elif options.checkpoint is None:
-            options = replace(options, preset="tiny")
-            imported, fit = demo_policy(options, Path(tmp))
-            source = {"checkpoint": "embedded demo (tiny preset, fitted to synthetic episodes)", "seed": options.seed,
-                      "fit": fit.to_dict()}
+        if options.checkpoint is None:  # the demo, or random weights (build_engines/demo/policy.py)
+            options = options if options.random_weights else replace(options, preset="tiny")
+            imported, source = checkpointless_policy(options, Path(tmp))
         else:
             assert options.config is not None
             imported = import_checkpoint(options.checkpoint, options.config, options.kosmos_dir, options.preset)
@@ -316,7 +221,8 @@ def build_bundle(options: BuildOptions) -> BuildResult:
         # Checked again just before the swap: the directory may have changed during the build.
         with staged_bundle_dir(options.output, lambda: check_output(options.output, options.inputs())) as stage:
             source.update(write_tokenizer(tokenizer, stage, options.preset))
-            prompt = bundle_prompt(options, stage / TOKENIZER_FILE, imported.policy, tokenizer or GENERATED)
+            prompt = policy_prompt(stage / TOKENIZER_FILE, imported.policy, options.layout, options.instruction,
+                                   options.max_prompt_tokens, tokenizer or GENERATED)
             parts = export_parts(imported.policy, pre, prompt, stage, timings)
             hashes = hash_files(stage, content_files(parts))  # once: the trunk alone is gigabytes at real size
             write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, {}, source))

@@ -1,5 +1,5 @@
 """RoboVLMs checkpoint import (docs/design.md §2.4). The training config is read in training_config.py; the
-RoboVLMs-style checkpoints of the demo and the tests are written by checkpoint_writer.py.
+RoboVLMs-style checkpoints of the demo and the tests are written by demo/checkpoint_writer.py.
 
 Import: file format sniffed, then `torch.load(weights_only=True)` (a checkpoint is untrusted input) -> state dict ->
 every tensor finite -> key normalization (`module.`, `_forward_module.`, `model.` prefix, PEFT wrappers) -> LoRA

@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from build_engines.presets import NUM_IMAGE_TOKENS, TINY_VOCAB
 from build_engines.tokenizer_gen import write_tiny_tokenizer
 from runtime.bundle import sha256_file
 from runtime.errors import MobileVLAError
 from runtime.prompt import PROMPT_TEMPLATE, PromptSettings
+
+if TYPE_CHECKING:
+    from build_engines.reference import ReferencePolicy
 
 log = logging.getLogger("build_engines")
 
@@ -109,3 +113,10 @@ def prompt_settings(tokenizer: Path, layout: str, instruction: str, max_prompt_t
         max_prompt_tokens=max_prompt_tokens, num_image_tokens=NUM_IMAGE_TOKENS,
         bos_id=ids["<s>"], eos_id=ids["</s>"], pad_id=ids["<pad>"], tokenizer_file=TOKENIZER_FILE,
     )
+
+
+def policy_prompt(tokenizer: Path, policy: ReferencePolicy, layout: str, instruction: str, max_prompt_tokens: int,
+                  label: Path | str | None = None) -> PromptSettings:
+    """`prompt_settings` for `policy`, whose embedding table bounds the tokenizer's ids."""
+    vocab = int(policy.backbone.text_model.model.embed_tokens.num_embeddings)
+    return prompt_settings(tokenizer, layout, instruction, max_prompt_tokens, vocab, label)

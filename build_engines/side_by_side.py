@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from build_engines.build import random_head, seeded_policy
+from build_engines.demo.episodes import SyntheticSpec, generate_episodes
+from build_engines.demo.policy import random_head, seeded_policy
 from build_engines.presets import PRESETS
 from build_engines.reference import ReferencePolicy
-from calibration.synthetic import SyntheticSpec, generate_episodes
 from runtime.backends.onnx_forms import open_onnx_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.episodes import Episode, scan_episodes

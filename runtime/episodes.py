@@ -187,7 +187,7 @@ def episode_files(path: Path) -> list[Path]:
         if not files:
             raise MobileVLAError(
                 f"{path} holds no .h5/.hdf5 episode files; point it at the robot's recorded episodes (or generate "
-                f"synthetic ones with `python -m calibration.synthetic DIR`)"
+                f"synthetic ones with `python -m build_engines.demo.episodes DIR`)"
             )
         return files
     raise MobileVLAError(f"episode path {path} does not exist; expected an episode .h5 file or a directory of them")

@@ -26,7 +26,7 @@ def demo_episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prebuilt = os.environ.get("MOBILE_VLA_TEST_EPISODES")
     if prebuilt:
         return Path(prebuilt)
-    from calibration.synthetic import SyntheticSpec, generate_episodes
+    from build_engines.demo.episodes import SyntheticSpec, generate_episodes
 
     directory = tmp_path_factory.mktemp("episodes")
     generate_episodes(directory, SyntheticSpec(episodes_per_scenario=8))

@@ -91,7 +91,7 @@ PRESET_SHAPES: dict[str, tuple[VisionDims, TextDims, int]] = {
     "kosmos-2": (VisionDims(1024, 4096, 24, 16, 224, 14), TextDims(65037, 2048, 24, 8192, 32), 64),
 }
 PRESET_NAMES = tuple(PRESET_SHAPES)  # build_engines.presets.PRESETS (that module imports transformers)
-PRESET_LSTM_HIDDEN = {"tiny": 64, "mid": 512, "kosmos-2": 512}  # build.random_policy: tiny_head(), else HeadConfig()
+PRESET_LSTM_HIDDEN = {"tiny": 64, "mid": 512, "kosmos-2": 512}  # demo.policy.random_head: tiny, else HeadConfig()
 
 
 def preset_dims(preset: str, layout: str = "robovlms", max_prompt_tokens: int = 32,

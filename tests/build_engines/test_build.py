@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import build_engines.build as build_module
-from build_engines.build import BuildOptions, build_bundle, demo_reference_policy
-from build_engines.checkpoint_writer import write_robovlms_checkpoint
+from build_engines.build import BuildOptions, build_bundle
 from build_engines.cli import main as build_main
-from build_engines.fit import FitSettings, demo_init
+from build_engines.demo.checkpoint_writer import write_robovlms_checkpoint
+from build_engines.demo.fit import FitSettings, demo_init
+from build_engines.demo.policy import demo_reference_policy
 from build_engines.parity import check_parity
 from build_engines.presets import TINY_VOCAB, kosmos_config, tiny_head
 from build_engines.reference import ReferencePolicy

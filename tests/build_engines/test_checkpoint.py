@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from build_engines.checkpoint import PEFT_BACKBONE, import_checkpoint, normalize_keys
-from build_engines.checkpoint_writer import write_kosmos_dir, write_robovlms_checkpoint
+from build_engines.demo.checkpoint_writer import write_kosmos_dir, write_robovlms_checkpoint
 from build_engines.presets import kosmos_config, tiny_head
 from build_engines.reference import ReferencePolicy
 from build_engines.training_config import write_training_config

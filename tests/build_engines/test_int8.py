@@ -12,7 +12,7 @@ import pytest
 
 from build_engines.build import BuildOptions, build_bundle
 from build_engines.cli import main as build_main
-from build_engines.fit import FitSettings
+from build_engines.demo.fit import FitSettings
 from build_engines.int8 import GateSettings, Int8Options, quantize_bundle
 from build_engines.quantize import check_qdq
 from build_engines.tensorrt_build import MIN_WORKSPACE, device_command, import_tensorrt, workspace_limit

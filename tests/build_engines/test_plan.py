@@ -15,7 +15,7 @@ from transformers import Kosmos2Config
 from build_engines import presets
 from build_engines.build import MAX_PROMPT_TOKENS, BuildOptions, build_bundle, export_parts
 from build_engines.cli import main as build_main
-from build_engines.fit import FitSettings
+from build_engines.demo.fit import FitSettings
 from build_engines.plan import command as plan_command
 from build_engines.plan import estimate, make_plan
 from build_engines.plan.devices import DEVICES, GIB, INT8_OPS_PER_TENSOR_CORE_CLOCK, ORIN_NX_16GB, Device
@@ -99,7 +99,7 @@ def test_constants_shared_with_modules_that_import_torch() -> None:
     assert MLP_WIDTHS == REFERENCE_MLP_WIDTHS
     assert plan_command.MAX_PROMPT_TOKENS == MAX_PROMPT_TOKENS
     assert PRESET_LSTM_HIDDEN["tiny"] == tiny_head().hidden_size
-    # build.random_policy: tiny_head() for tiny, else the Mobile VLA head HeadConfig()
+    # demo/policy.random_head: tiny_head() for tiny, else the Mobile VLA head HeadConfig()
     assert PRESET_LSTM_HIDDEN["mid"] == PRESET_LSTM_HIDDEN["kosmos-2"] == HeadConfig().hidden_size
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from build_engines.build import BuildOptions, build_bundle
+from build_engines.demo.episodes import SyntheticSpec, generate_episodes
 from build_engines.int8 import GateSettings
 from calibration.sampling import SampleSettings
-from calibration.synthetic import SyntheticSpec, generate_episodes
 from runtime.bundle import load_bundle
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from build_engines.demo.episodes import SyntheticSpec, generate_episodes, instruction_for
 from calibration.cascade import head_window, load_frames
 from calibration.sampling import SampleSettings, sample_frames, split_episodes
-from calibration.synthetic import SyntheticSpec, generate_episodes, instruction_for
 from runtime.episodes import Episode, EpisodeInfo, scan_episodes
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from build_engines.build import demo_reference_policy
-from build_engines.checkpoint_writer import write_robovlms_checkpoint
 from build_engines.cli import main as build_main
+from build_engines.demo.checkpoint_writer import write_robovlms_checkpoint
+from build_engines.demo.policy import demo_reference_policy
 from build_engines.presets import TINY_VOCAB
 from build_engines.tokenizer_gen import write_tiny_tokenizer
 from build_engines.training_config import write_training_config

@@ -27,7 +27,7 @@ from runtime.episodes import EpisodeInfo, iter_episode_frames
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptEncoder
 
-log = logging.getLogger("build_engines.fit")
+log = logging.getLogger("build_engines.demo.fit")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ of what the frame shows (where the box is, how close), so a policy fitted to the
 - `linear_x` is faster when the box is far or already off to the side;
 - `angular_z` is 0 (the robot strafes).
 
-Run `python -m calibration.synthetic DIR` to write a dataset.
+Run `python -m build_engines.demo.episodes DIR` to write a dataset.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.synthetic",
+    parser = argparse.ArgumentParser(prog="python -m build_engines.demo.episodes",
                                      description="Write synthetic robot episodes (HDF5, the recorder's format).")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--episodes-per-scenario", type=int, default=4)
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {len(paths)} episodes ({spec.frames} frames, {width}x{height}) to {args.directory}")
         return 0
 
-    return run_cli("calibration.synthetic", False, body)
+    return run_cli("build_engines.demo.episodes", False, body)
 
 
 if __name__ == "__main__":

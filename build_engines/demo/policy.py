@@ -1,0 +1,103 @@
+"""Where a build without a checkpoint gets its policy: the embedded demo (a seeded tiny policy fitted briefly to
+synthetic episodes, written as a RoboVLMs checkpoint and imported through the real path), or random weights at a
+preset's shapes (export and latency tests)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from build_engines.checkpoint import ImportedPolicy, import_checkpoint
+from build_engines.demo.checkpoint_writer import write_robovlms_checkpoint
+from build_engines.demo.episodes import SyntheticSpec, generate_episodes
+from build_engines.demo.fit import FitReport, demo_init, fit_head
+from build_engines.input_episodes import has_episodes, user_episodes
+from build_engines.presets import TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
+from build_engines.prompt_tokens import TOKENIZER_FILE, policy_prompt
+from build_engines.reference import ReferencePolicy
+from build_engines.tokenizer_gen import write_tiny_tokenizer
+from build_engines.training_config import default_training_config, write_training_config
+from calibration.sampling import split_episodes
+from runtime.bundle import ActionSettings
+from runtime.episodes import scan_episodes
+from runtime.paths import default_episodes_dir
+from runtime.prompt import PromptEncoder
+
+if TYPE_CHECKING:
+    from build_engines.build import BuildOptions
+
+log = logging.getLogger("build_engines")
+
+DEMO_NORMALIZATION = ActionSettings(norm_action=True, norm_min=(-1.15,), norm_max=(1.15,))
+
+
+def seeded_policy(seed: int, preset: str, head: HeadConfig) -> ReferencePolicy:
+    """A preset's policy with seeded random weights."""
+    torch.manual_seed(seed)
+    return ReferencePolicy(kosmos_config(preset), head)
+
+
+def demo_reference_policy(seed: int, variant: str) -> ReferencePolicy:
+    """The tiny demo policy before its checkpoint round trip."""
+    return seeded_policy(seed, "tiny", tiny_head(variant))
+
+
+def demo_episodes(options: BuildOptions) -> Path:
+    """The demo's episodes: `--calibration-data`, else synthetic ones in the cache (generated on first use)."""
+    if options.episodes is not None:
+        return user_episodes("--calibration-data", options.episodes)
+    directory = default_episodes_dir()
+    if not has_episodes(directory):
+        spec = SyntheticSpec(episodes_per_scenario=8, seed=options.seed)
+        log.info("generating %d synthetic episodes in %s", spec.episodes_per_scenario * len(spec.scenarios),
+                 directory)
+        generate_episodes(directory, spec)
+    return directory
+
+
+def demo_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, FitReport]:
+    """The embedded default: a seeded tiny policy fitted briefly to the demo episodes' calibration pool (never to
+    the held-out ones), written as a RoboVLMs checkpoint, then imported for real."""
+    policy = demo_reference_policy(options.seed, options.demo_head_variant)
+    demo_init(policy)
+    head = policy.head_config
+    data = demo_episodes(options)
+    scan = scan_episodes(data, require_actions=True, action_dim=head.action_dim, min_frames=head.window)
+    pool = split_episodes(scan.episodes, options.sample).pool
+    tokenizer = workdir / TOKENIZER_FILE
+    write_tiny_tokenizer(tokenizer, vocab_size=TINY_VOCAB)
+    prompt = policy_prompt(tokenizer, policy, options.layout, options.instruction, options.max_prompt_tokens)
+    fit = fit_head(policy, pool, options.episode_color, options.preprocessing, PromptEncoder(tokenizer, prompt),
+                   options.instruction, DEMO_NORMALIZATION, options.fit)
+    checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
+    write_robovlms_checkpoint(policy, checkpoint, seed=options.seed)
+    write_training_config(config, head, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
+    log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", checkpoint.name,
+             config.name)
+    return import_checkpoint(checkpoint, config, preset="tiny"), fit
+
+
+def random_head(preset: str) -> HeadConfig:
+    """The head of a `--random-weights` build: the tiny preset's, else Mobile VLA's (velocities, LSTM hidden 512)."""
+    return tiny_head() if preset == "tiny" else HeadConfig()
+
+
+def random_policy(preset: str, seed: int) -> ImportedPolicy:
+    """Random weights at a preset's real shapes, without a checkpoint round trip (a real-size checkpoint would
+    need several copies of 6.6 GB in memory). The Mobile VLA head: velocities, LSTM hidden 512."""
+    policy = seeded_policy(seed, preset, random_head(preset))
+    log.warning("random weights at the %s preset's shapes: for export and latency tests only", preset)
+    return ImportedPolicy(policy, default_training_config(policy.head_config, DEMO_NORMALIZATION), None, 0, 0)
+
+
+def checkpointless_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, dict[str, Any]]:
+    """The policy of a build without `--checkpoint`, and what the manifest's `source` says of it."""
+    if options.random_weights:
+        return random_policy(options.preset, options.seed), {
+            "checkpoint": f"random weights ({options.preset} preset)", "seed": options.seed}
+    imported, fit = demo_policy(options, workdir)
+    return imported, {"checkpoint": "embedded demo (tiny preset, fitted to synthetic episodes)", "seed": options.seed,
+                      "fit": fit.to_dict()}
