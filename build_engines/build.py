@@ -22,6 +22,7 @@ from build_engines.demo.policy import checkpointless_policy, demo_episodes
 from build_engines.export import export_modules, export_part
 from build_engines.input_episodes import user_episodes
 from build_engines.int8 import GateSettings, Int8Options, Int8Result, quantize_bundle
+from build_engines.memory import stage_memory
 from build_engines.output_dir import build_temp_dir, check_output, remove_stale
 from build_engines.parity import ParityReport, check_parity, parity_failure
 from build_engines.presets import PRESETS
@@ -35,7 +36,7 @@ from build_engines.prompt_tokens import (
 )
 from build_engines.quantize import QuantSettings
 from build_engines.reference import ReferencePolicy
-from build_engines.reports import append_markdown, build_report, stage_memory, write_reports
+from build_engines.reports import append_markdown, build_report, write_reports
 from build_engines.tensorrt_build import build_bundle_engines, check_workspace_mb, import_tensorrt
 from calibration.sampling import SampleSettings
 from runtime import __version__
@@ -236,11 +237,13 @@ def build_bundle(options: BuildOptions) -> BuildResult:
                 data = calibration_data(options, imported)
                 int8_options = Int8Options(data, options.episode_color, options.sample, options.quant, options.gate)
                 int8 = quantize_bundle(load_bundle(stage, verify_hashes=False), int8_options)
+                timings["int8_s"] = int8.report["seconds"]  # calibration, Q/DQ, gates, FP16-typed device graphs
+                timings.update(int8.report["memory"])  # int8_qdq_peak_rss_gb, int8_device_graphs_peak_rss_gb
                 # ONNX Runtime's own INT8 forms, gated and timed against FP32 (cpu_int8.py, docs/design.md §4)
                 int8 = with_cpu_int8(int8, cpu_int8_bundle(load_bundle(stage, verify_hashes=False), int8_options))
                 parts, warnings, device_report = int8.parts, int8.warnings, None  # in the accuracy report
-                timings["int8_s"] = int8.report["seconds"]
-                stage_memory(timings, "int8")
+                timings["cpu_int8_s"] = int8.report["cpu_int8"]["seconds"]
+                stage_memory(timings, "cpu_int8")
             else:
                 device = device_graphs.without_episodes(load_bundle(stage, verify_hashes=False), options.parity_frames,
                                                         options.gate)

@@ -140,10 +140,11 @@ def build_part(q: Quantizer, name: str, feeds: Sequence[Feed], settings: CpuInt8
     entry = bundle.manifest.parts[name]
     onnx_name = f"{name}{CPU_INT8_SUFFIX}"
     target = bundle.root / onnx_name
-    seconds = quantize_cpu_part(bundle.part_path(name), target, settings, entry.external_data is not None,
-                                q.options.quant.exclude, settings.weights_on(host))
+    with q.sessions_released():  # the quantizer loads the part and writes its copy: real size, gigabytes each
+        seconds = quantize_cpu_part(bundle.part_path(name), target, settings, entry.external_data is not None,
+                                    q.options.quant.exclude, settings.weights_on(host))
+        kernels = integer_kernels(target)
     external = external_file(bundle.root, onnx_name)
-    kernels = integer_kernels(target)
     q.int8[name] = q.activate(name, target)
     gate = part_gate(q.fp32[name], q.int8[name], feeds, threshold)
     speed = measure_speed(q.fp32[name], q.int8[name], feeds, settings, host)

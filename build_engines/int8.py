@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from build_engines import device_graphs
+from build_engines.memory import stage_memory
 from build_engines.quantize import QuantSettings, quantize_part
 from calibration.cascade import (
     Embeds,
@@ -240,6 +241,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
     gates: dict[str, PartGate] = {}
     quantization: dict[str, Any] = {}
     warnings: list[str] = []
+    memory: dict[str, float] = {}  # peak resident memory of calibration + Q/DQ, then of the device graphs
     with ExitStack() as stack:
         q = Quantizer(bundle, options, stack)
         for name in progress(PART_NAMES, "quantizing parts"):
@@ -269,10 +271,12 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
                                   precision="int8" if name in end_to_end["int8_parts"] else "fp16")
         for runner in q.int8.values():  # the Q/DQ sessions are done; the device graphs' gate needs the memory
             runner.deactivate()
+        stage_memory(memory, "int8_qdq")
         device = device_graphs.with_episodes(q, parts, refs, calib_frames, held_refs, held_frames, split.held_out,
                                              reference, options.gate, options.color)
         parts = device.parts
         warnings += device.warnings
+        stage_memory(memory, "int8_device_graphs")
     if options.gate.on_failure == "stop" and warnings:
         raise MobileVLAError(
             "the INT8 accuracy gate failed: " + "; ".join(warnings) + ". No bundle was written. Calibrate on more or "
@@ -292,6 +296,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
         "precision": {name: parts[name].precision for name in PART_NAMES},
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 1),
+        "memory": memory,
     }
     return Int8Result(parts, warnings, report)
 

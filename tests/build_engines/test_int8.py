@@ -125,3 +125,12 @@ def test_workspace_is_capped_by_available_memory() -> None:
     assert workspace_limit(1024, 8 * gib) == gib
     assert workspace_limit(16384, 8 * gib) == 4 * gib
     assert workspace_limit(None, 0) == MIN_WORKSPACE
+
+
+def test_build_report_records_each_stages_time_and_peak_memory(demo_bundle: Path) -> None:
+    """Per stage: the kernel's peak since the previous stage (build_engines/memory.py), and the INT8 stages' times."""
+    timings = json.loads((demo_bundle / "build_report.json").read_text())["timings"]
+    stages = ("export_parity", "int8_qdq", "int8_device_graphs", "cpu_int8")
+    peaks = {stage: timings[f"{stage}_peak_rss_gb"] for stage in stages}
+    assert all(0.05 < gb < 24 for gb in peaks.values()), peaks
+    assert timings["int8_s"] > 0 and timings["cpu_int8_s"] > 0

@@ -17,7 +17,7 @@ from runtime.bundle import load_bundle
 
 
 def build_peak_gb(report: dict[str, Any]) -> float:
-    """The build resets the kernel's peak after each stage (reports.stage_memory): its peak is the stages' largest."""
+    """The build resets the kernel's peak after each stage (memory.stage_memory): its peak is the stages' largest."""
     return float(max(v for k, v in report["timings"].items() if k.endswith("_peak_rss_gb")))
 
 
