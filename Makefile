@@ -26,7 +26,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0   # the CPU build; see README
+	$(BIN)/python -m pip install -q torch==2.13.0   # the CPU build (a plain `torch` pulls a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q -e ".[export,replay,dev]"
 	touch $@
 
@@ -75,7 +75,7 @@ lean-test: $(VENV)/.installed $(LEAN)/.installed
 test-slow: $(VENV)/.installed
 	$(BIN)/pytest -q -m slow -s
 
-# The training stack's eager forward vs `runtime` (FP32, INT8) on the same frames, interleaved; mid preset (README).
+# The training stack's eager forward vs `runtime` (FP32, INT8) on the same frames, interleaved; mid preset (docs/measurements.md).
 side-by-side: $(VENV)/.installed
 	$(BIN)/python -m build_engines.side_by_side --preset mid --frames 20 --json .cache/side-by-side-mid.json
 

@@ -7,7 +7,7 @@ uint8 at run time, on the weight MatMuls and Gemms. ONNX Runtime fuses those int
 (`DynamicQuantizeMatMul`, `MatMulIntegerToFloat`: u8×s8, VNNI where the CPU has it; an x86 CPU without VNNI
 clips int8 weights' sums, so it gets uint8 weights, build_engines/cpu_quantize.py). As in the Q/DQ graphs,
 attention's activation×activation MatMuls and the `--keep-float` nodes (the image-to-text projection) stay float,
-and so does the LSTM. Measured (README): with AVX-512 VNNI, int8 weights run 1.6-2x faster than uint8 weights on
+and so does the LSTM. Measured (docs/int8.md): with AVX-512 VNNI, int8 weights run 1.6-2x faster than uint8 weights on
 the mid preset; per-tensor weights are a little faster than per-channel but lose accuracy; quantizing the LSTM
 (`DynamicQuantizeLSTM`) halves the head's few milliseconds but, with the trunk's form, breaks the demo's
 end-to-end sign agreement (95% < 98%), and so does quantizing the projection.

@@ -94,7 +94,7 @@ def quantize_cpu_part(fp32: Path, output: Path, settings: CpuInt8Settings, exter
     settings.validate()
     started = time.perf_counter()
     graph = onnx.load(str(fp32), load_external_data=False)
-    # Q·Kᵀ and P·V: no weights to shrink, accuracy to lose; the kept-float nodes: measured (README, INT8 section)
+    # Q·Kᵀ and P·V: no weights to shrink, accuracy to lose; the kept-float nodes: measured (docs/int8.md)
     excluded = activation_matmuls(graph)
     excluded += [node.name for node in graph.graph.node if any(pattern in node.name for pattern in keep_float)]
     chatter = QuantizerChatter()

@@ -6,7 +6,7 @@ ONNX Runtime's static quantizer writes the graph in QDQ format with:
 - Q/DQ only in front of the inputs of the op types in `QuantSettings.op_types` (default MatMul and Gemm, the
   weight-bound ops), never on their outputs: TensorRT's recommended placement. LayerNorm, Softmax, GELU and the LSTM
   are not quantized; neither are the attention MatMuls between two activations (Q·Kᵀ, P·V) unless
-  `attention_matmuls` is set: measured, they cost accuracy and hold no weights to shrink (README).
+  `attention_matmuls` is set: measured, they cost accuracy and hold no weights to shrink (docs/int8.md).
 
 `check_qdq` reads the result back and proves those properties; the build records its summary in the report.
 """
@@ -42,7 +42,7 @@ class QuantSettings:
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     percentile: float = 99.999
     attention_matmuls: bool = False  # also quantize MatMuls whose inputs are both activations
-    # Node-name substrings kept in float. Default: the image-to-text projection (measured: README, INT8 section).
+    # Node-name substrings kept in float. Default: the image-to-text projection (measured: docs/int8.md).
     exclude: tuple[str, ...] = ("image_to_text_projection",)
 
     def validate(self) -> None:

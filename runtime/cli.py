@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="runtime",
         description="Run a Mobile VLA bundle on the robot: frames -> vision -> trunk -> head -> schedule -> safety -> "
                     "velocity commands to the sinks. Settings come from --config (else /etc/mobile-vla/runtime.yaml, "
-                    "else built-in defaults); flags override them. See the README for every setting.",
+                    "else built-in defaults); flags override them. Every setting: docs/runtime.md.",
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML config file (default: "
                         "/etc/mobile-vla/runtime.yaml when it exists, else built-in defaults)")

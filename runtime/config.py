@@ -2,7 +2,7 @@
 runtime/config_file.py: `--config FILE`, else /etc/mobile-vla/runtime.yaml, else built-in defaults).
 
 Every key is validated here, once; an error names the key, the value and what is allowed. Command-line flags
-override the file (the CLI applies them on top of the loaded config). Every setting is documented in the README.
+override the file (the CLI applies them on top of the loaded config). Every setting is documented in docs/runtime.md.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from runtime.sources.replay import ReplaySource
 
 log = logging.getLogger("runtime.loop")
 
-# Per-frame benchmark stages (README "runtime --benchmark" says what each covers).
+# Per-frame benchmark stages (docs/runtime.md, "runtime --benchmark", says what each covers).
 LOOP_STAGES = ("capture_wait", "frame_copy", "vision", "trunk", "head", "schedule", "publish", "host", "total",
                "latency")
 @dataclass

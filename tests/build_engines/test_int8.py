@@ -54,7 +54,7 @@ def test_accuracy_report_meets_the_gate_on_held_out_episodes(demo_bundle: Path) 
 def test_fitted_demo_policy_responds_to_the_image(demo_bundle: Path, demo_episodes: Path) -> None:
     """Issue 3: std of chunk[0] over an episode >= 0.1 (a random-weights policy barely moves: 0.001-0.002).
     Checked on the median over the held-out episodes: the lowest episode moves with the fit's seed and the CPU's
-    float kernels (0.08-0.11 for seeds 0-2, README), so it is held to 0.05, still 25x an unfitted policy."""
+    float kernels (0.08-0.11 for seeds 0-2, docs/building.md), so it is held to 0.05, still 25x an unfitted policy."""
     bundle = load_bundle(demo_bundle)
     held_out = json.loads((demo_bundle / "accuracy_report.json").read_text())["dataset"]["held_out"]
     backend = onnx_backend(bundle)

@@ -104,7 +104,7 @@ def test_constants_shared_with_modules_that_import_torch() -> None:
 
 
 def test_kosmos2_weights_match_the_measured_fp32_onnx_sizes() -> None:
-    """README "Measured": the real-size FP32 ONNX files are vision 1.27 GB, trunk 5.37 GB, head 51 MB."""
+    """docs/measurements.md: the real-size FP32 ONNX files are vision 1.27 GB, trunk 5.37 GB, head 51 MB."""
     counts = part_counts(preset_dims("kosmos-2"))
     measured = {"vision": 1.27e9, "trunk": 5.37e9, "head": 51e6}
     for name, size in measured.items():

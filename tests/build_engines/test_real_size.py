@@ -40,7 +40,7 @@ def test_kosmos2_preset_exports_with_parity(tmp_path: Path) -> None:
 
 
 ON_PURPOSE = {"LayerNormalization", "Softmax", "ReduceSum", "Sqrt", "Mul", "Add"}  # fp16.KEEP_FP32, L2 norm, embeds
-REAL_SIZE_RECORD = Path(".cache/real-size-int8.json")  # the figures the README quotes (docs: make test-slow)
+REAL_SIZE_RECORD = Path(".cache/real-size-int8.json")  # the figures docs/measurements.md quotes (make test-slow)
 
 
 @pytest.mark.slow
