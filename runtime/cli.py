@@ -26,7 +26,6 @@ from runtime.config import (
     RUNTIME_PRECISIONS,
     SCHEDULE_MODES,
     RuntimeConfig,
-    parse_config,
     with_section,
 )
 from runtime.config_file import load_config
@@ -130,8 +129,8 @@ def effective_config(args: argparse.Namespace) -> RuntimeConfig:
     config = with_section(config, "source", spec=args.source, h5_color=args.h5_color)
     config = with_section(config, "instruction", text=args.instruction, control="none" if quiet else args.control)
     config = with_section(config, "schedule", mode=args.schedule, rate_hz=args.rate_hz)
-    config = with_section(config, "safety", scale=args.output_scale, limit=args.output_limit)
-    return parse_config(config_as_dict(config), config.origin)  # flags get the same validation as the file
+    # every replace() re-runs the fields' rules: flags meet the same checks as the file (runtime/settings.py)
+    return with_section(config, "safety", scale=args.output_scale, limit=args.output_limit)
 
 
 def record_json(got: CaptureResult, result: StepResult, command: VelocityCommand | None,

@@ -83,7 +83,7 @@ AGX_ORIN_64GB = Device(
 
 DEVICES = (ORIN_NANO_8GB, ORIN_NX_16GB, AGX_ORIN_64GB)
 
-# Memory the plan counts besides the engines (estimates; no Jetson was at hand to measure them: docs/performance-plan.md).
+# Memory the plan counts besides the engines: estimates, no Jetson was at hand (docs/performance-plan.md).
 # RAM Linux never gets: an Orin NX 16GB reports 15536 MiB of device memory to CUDA (trtexec log, TensorRT 10.16,
 # OE4T/meta-tegra pull request 2243): 0.83 GiB of firmware carve-outs. Assumed the same on the other modules.
 CARVEOUT_GIB = 0.83

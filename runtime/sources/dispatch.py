@@ -23,12 +23,5 @@ def open_source(config: SourceConfig, pre: Preprocessing, frames: int | None = N
     if require_actions:
         raise MobileVLAError(f"source {config.spec} has no recorded actions to score against; use --source h5:DIR")
     from runtime.sources.gstreamer.capture import GstCapture  # GStreamer is imported only when a capture starts
-    from runtime.sources.gstreamer.pipeline import CaptureSettings
 
-    settings = CaptureSettings(
-        sensor_mode=config.sensor_mode, fps=config.fps, flip_method=config.flip_method,
-        stall_timeout_s=config.stall_timeout_s, first_frame_timeout_s=config.first_frame_timeout_s,
-        reconnect_attempts=config.reconnect_attempts, backoff_s=config.backoff_s,
-        backoff_max_s=config.backoff_max_s, file_sync=config.file_sync, file_loop=config.file_loop,
-    )
-    return GstCapture(spec, pre, settings)
+    return GstCapture(spec, pre, config)

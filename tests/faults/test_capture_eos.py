@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("gi", reason="camera capture needs PyGObject (pip install 'PyGObject<3.51' or apt python3-gi)")
 
 from runtime.cli import main
+from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing
 from runtime.sources.base import CaptureError
 from runtime.sources.gstreamer.buffer import gst_modules
 from runtime.sources.gstreamer.capture import GstCapture
-from runtime.sources.gstreamer.pipeline import CaptureSettings
 
 try:
     _HAVE_TESTSRC = gst_modules().Gst.ElementFactory.find("videotestsrc") is not None
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not _HAVE_TESTSRC, reason="GStreamer with videot
 
 LIVE = "gst:videotestsrc is-live=true num-buffers=20"  # 20 frames at 30 fps: each run ends after ~0.7 s
 NOT_LIVE = "gst:videotestsrc num-buffers=20"
-QUICK = CaptureSettings(reconnect_attempts=2, backoff_s=0.05, backoff_max_s=0.2)
+QUICK = SourceConfig(reconnect_attempts=2, backoff_s=0.05, backoff_max_s=0.2)
 GAVE_UP = (f"capture source '{LIVE}' failed: the live source ended the stream (3 times in a row); gave up after 2 "
            "reconnects in a row that each ended the stream again within 30 s")
 
@@ -70,7 +70,7 @@ def test_live_gst_source_that_ends_reconnects_with_backoff_then_raises(caplog: p
 
 def test_live_source_that_streamed_for_long_enough_starts_a_fresh_count(caplog: pytest.LogCaptureFixture) -> None:
     """A camera that hiccups now and then (each run longer than healthy_run_s) is reconnected every time."""
-    settings = CaptureSettings(reconnect_attempts=1, backoff_s=0.05, backoff_max_s=0.2, healthy_run_s=0.2)
+    settings = SourceConfig(reconnect_attempts=1, backoff_s=0.05, backoff_max_s=0.2, healthy_run_s=0.2)
     dest = np.zeros((32, 32, 4), np.uint8)
     with GstCapture(LIVE, Preprocessing(image_size=32), settings) as cap:
         deadline = time.monotonic() + 10.0

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing
 from runtime.sources.base import CaptureError, CaptureResult
 from runtime.sources.gstreamer.buffer import FrameCopier, gst_modules, loaded_gst
 from runtime.sources.gstreamer.pipeline import (
     SINK_NAME,
-    CaptureSettings,
     check_elements,
     check_source,
     failure_hint,
@@ -46,7 +46,7 @@ def _set_null(pipeline: Any) -> None:
 class GstCapture:
     """One capture source. `read_into` copies the newest frame into the caller's array (a context manager)."""
 
-    def __init__(self, spec: str | CaptureSpec, pre: Preprocessing, settings: CaptureSettings) -> None:
+    def __init__(self, spec: str | CaptureSpec, pre: Preprocessing, settings: SourceConfig) -> None:
         self._spec = parse_capture(spec) if isinstance(spec, str) else spec
         self._pre = pre
         self._settings = settings

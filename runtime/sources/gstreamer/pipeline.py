@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
 from runtime.preprocess import FRAME_FORMATS, Preprocessing
 from runtime.sources.spec import CaptureSpec, parse_capture
@@ -32,41 +32,6 @@ _VIDEOFLIP_METHODS = ("none", "counterclockwise", "rotate-180", "clockwise", "ho
                       "vertical-flip", "upper-left-diagonal")
 
 
-@dataclass(frozen=True)
-class CaptureSettings:
-    sensor_mode: tuple[int, int] = (1280, 720)  # csi: the Argus sensor mode; test: the generated size
-    fps: int = 30
-    flip_method: int = 0  # nvvidconv numbering: 0 none, 1 ccw 90, 2 180, 3 cw 90, 4 horizontal, 6 vertical, 5/7 diag
-    frame_deadline_s: float = 0.25  # newest frame older than this -> the caller's deadman zeroes the robot
-    stall_timeout_s: float = 1.0  # no new frame for this long -> tear down and reconnect
-    first_frame_timeout_s: float = 5.0
-    reconnect_attempts: int = 5  # consecutive failed reconnects before giving up
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-    healthy_run_s: float = 30.0  # a live source that ends the stream sooner after a reconnect: a failed attempt
-    file_sync: bool = True  # file: play at the file's own rate (like a camera); False: as fast as frames are read
-    file_loop: bool = False
-
-    def __post_init__(self) -> None:
-        width, height = self.sensor_mode
-        problems = []
-        if width <= 0 or height <= 0:
-            problems.append(f"sensor_mode must be positive, got {width}x{height}")
-        if self.fps <= 0:
-            problems.append(f"fps must be positive, got {self.fps}")
-        if not 0 <= self.flip_method <= 7:
-            problems.append(f"flip_method must be 0..7 (nvvidconv numbering), got {self.flip_method}")
-        for name in ("frame_deadline_s", "stall_timeout_s", "first_frame_timeout_s", "healthy_run_s"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.reconnect_attempts < 0:
-            problems.append(f"reconnect_attempts must be >= 0, got {self.reconnect_attempts}")
-        if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
-            problems.append(f"need 0 <= backoff_s <= backoff_max_s, got {self.backoff_s} and {self.backoff_max_s}")
-        if problems:
-            raise MobileVLAError("invalid capture settings: " + "; ".join(problems))
-
-
 def _appsink(sync: bool, drop: bool) -> str:
     # max-buffers=1 + drop=true: the sink keeps only the newest frame (latest-frame semantics, bounded latency).
     # enable-last-sample=false: no extra buffer reference held by the sink between pulls.
@@ -74,7 +39,7 @@ def _appsink(sync: bool, drop: bool) -> str:
             f"enable-last-sample=false name={SINK_NAME}")
 
 
-def _cpu_tail(pre: Preprocessing, settings: CaptureSettings) -> str:
+def _cpu_tail(pre: Preprocessing, settings: SourceConfig) -> str:
     """Scale first (cheaper than converting sensor-size pixels), then convert; flip the small frame."""
     size = pre.image_size
     flip = f" ! videoflip method={_VIDEOFLIP_METHODS[settings.flip_method]}" if settings.flip_method else ""
@@ -82,7 +47,7 @@ def _cpu_tail(pre: Preprocessing, settings: CaptureSettings) -> str:
     return f"videoscale ! videoconvert{flip} ! video/x-raw,width={size},height={size},format={pre.frame_format}"
 
 
-def sink_mode(spec: CaptureSpec, settings: CaptureSettings) -> tuple[bool, bool]:
+def sink_mode(spec: CaptureSpec, settings: SourceConfig) -> tuple[bool, bool]:
     """(sync, drop) of the appsink per source kind."""
     if spec.kind == "file":
         # Synced: played at the file's rate, stale frames dropped like a camera. Unsynced: every frame, as fast as the
@@ -91,7 +56,7 @@ def sink_mode(spec: CaptureSpec, settings: CaptureSettings) -> tuple[bool, bool]
     return False, True  # live sources: frames are already real-time; waiting on the clock only adds latency
 
 
-def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: CaptureSettings) -> str:
+def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: SourceConfig) -> str:
     """The gst-launch-1.0 description of a capture spec (paste it after `gst-launch-1.0 -v` to debug a camera)."""
     source = parse_capture(spec) if isinstance(spec, str) else spec
     if pre.frame_format not in FRAME_FORMATS:
@@ -181,7 +146,7 @@ def check_source(spec: CaptureSpec) -> None:
             )
 
 
-def check_elements(spec: CaptureSpec, settings: CaptureSettings, gst: Any) -> None:
+def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any) -> None:
     wanted = [*_KIND_ELEMENTS[spec.kind], "appsink"]
     if settings.flip_method and spec.kind != "csi":
         wanted.append("videoflip")

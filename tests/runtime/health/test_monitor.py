@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import MonitorConfig, parse_monitor
+from runtime.config import MonitorConfig, parse_section
 from runtime.errors import MobileVLAError
 from runtime.health.monitor import HealthMonitor
 from runtime.health.proc import ProcReader
@@ -170,18 +170,19 @@ def test_explicit_sources_that_are_missing_say_so() -> None:
         choose_reader("tegrastats")
     # the one validation of the monitor's settings is the config's, for the file and the flags alike
     with pytest.raises(MobileVLAError, match=r"config key `monitor.source` has value 'nvml'; allowed: auto \| jtop"):
-        parse_monitor({"source": "nvml"})
+        parse_section("monitor", {"source": "nvml"})
 
 
 def test_guard_fires_once_with_its_message(caplog: pytest.LogCaptureFixture) -> None:
     messages: list[str] = []
-    settings = MonitorConfig(interval_s=0.02, guard_available_mb=10**9, warn_available_mb=10**9 + 1,
-                               warn_swap_mb=10**9, warn_temp_c=10**6, source="proc")
+    # thresholds above any real machine: the guard and the low-memory warning fire, swap and temperature do not
+    settings = MonitorConfig(interval_s=0.02, guard_available_mb=5e8, warn_available_mb=9e8, warn_swap_mb=9e8,
+                             warn_temp_c=150.0, source="proc")
     with caplog.at_level(logging.INFO, logger="runtime.monitor"), HealthMonitor(settings, messages.append) as monitor:
         wait_until(lambda: monitor.summary()["readings"] >= 5)
     assert len(messages) == 1
     assert messages[0].startswith("memory guard: MemAvailable ")
-    assert messages[0].endswith(" MB < 1000000000 MB; stopping before the OOM killer does")
+    assert messages[0].endswith(" MB < 500000000 MB; stopping before the OOM killer does")
     summary = monitor.summary()
     assert summary["guard_tripped"] is True
     assert summary["source"] == "proc"
@@ -194,7 +195,7 @@ def test_guard_fires_once_with_its_message(caplog: pytest.LogCaptureFixture) -> 
 def test_no_guard_and_summary_on_a_healthy_machine() -> None:
     messages: list[str] = []
     with HealthMonitor(MonitorConfig(interval_s=0.02, guard_available_mb=1.0, warn_available_mb=1.0,
-                                       warn_swap_mb=10**9, warn_temp_c=10**6, source="proc"),
+                                     warn_swap_mb=9e8, warn_temp_c=150.0, source="proc"),
                        messages.append) as monitor:
         wait_until(lambda: monitor.latest is not None)
         wait_until(lambda: monitor.summary()["readings"] >= 3)

@@ -167,7 +167,7 @@ def test_serial_without_pyserial_says_how_to_install_it() -> None:
             "try:\n    open_sink('serial:/dev/ttyUSB0')\n"
             "except MobileVLAError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2]).stdout
+                         cwd=Path(__file__).parents[3]).stdout
     assert out.strip() == ("sink serial:/dev/ttyUSB0 needs pyserial: `pip install pyserial` "
                            "(or apt install python3-serial)")
 

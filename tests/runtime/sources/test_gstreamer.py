@@ -18,12 +18,13 @@ import pytest
 pytest.importorskip("gi", reason="camera capture needs PyGObject (pip install 'PyGObject<3.51' or apt python3-gi)")
 
 # Imported after the importorskip: runtime.sources.gstreamer itself imports without gi, but the tests need it.
+from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing, prepare_frame
 from runtime.sources.base import CaptureError, CaptureResult
 from runtime.sources.gstreamer.buffer import BufferMapper, buffer_address, gst_modules
 from runtime.sources.gstreamer.capture import GstCapture
-from runtime.sources.gstreamer.pipeline import SINK_NAME, CaptureSettings, pipeline_description
+from runtime.sources.gstreamer.pipeline import SINK_NAME, pipeline_description
 from tests.fakes.camera import UdpSender
 
 NEEDED = ("videotestsrc", "videoconvert", "videoscale", "appsink", "appsrc", "udpsrc", "uridecodebin", "jpegenc",
@@ -87,63 +88,68 @@ def state_of(pipeline: Any) -> Any:
 
 
 def test_csi_description_scales_in_the_vic_with_latest_frame_appsink() -> None:
-    settings = CaptureSettings(sensor_mode=(1920, 1080), fps=60, flip_method=2)
+    settings = SourceConfig(sensor_mode=(1920, 1080), fps=60, flip_method=2)
     description = pipeline_description("csi:1", PRE, settings)
     assert description.startswith("nvarguscamerasrc sensor-id=1 ! ")
     assert "video/x-raw(memory:NVMM),width=1920,height=1080,framerate=60/1" in description
     assert "nvvidconv flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA ! appsink" in description
     assert "appsink drop=true max-buffers=1 sync=false emit-signals=false" in description
     assert "videoconvert" not in description  # the CPU never touches camera pixels
-    assert "sensor-id=0 " in pipeline_description("csi", PRE, CaptureSettings())
-    rgb = pipeline_description("csi:0", Preprocessing(frame_format="RGB"), CaptureSettings())
+    assert "sensor-id=0 " in pipeline_description("csi", PRE, SourceConfig())
+    rgb = pipeline_description("csi:0", Preprocessing(frame_format="RGB"), SourceConfig())
     assert "format=RGBA ! videoconvert ! video/x-raw,format=RGB ! appsink" in rgb
 
 
 def test_cpu_source_descriptions(tmp_path: Path) -> None:
-    settings = CaptureSettings(fps=15, flip_method=1)
+    settings = SourceConfig(fps=15, flip_method=1)
     v4l2 = pipeline_description("v4l2:/dev/video3", PRE, settings)
     assert v4l2.startswith("v4l2src device=/dev/video3 ! videoscale ! videoconvert ! videoflip method=counterclockwise")
     assert "video/x-raw,width=224,height=224,format=RGBA ! appsink drop=true max-buffers=1 sync=false" in v4l2
-    test = pipeline_description("test", PRE, CaptureSettings())
+    test = pipeline_description("test", PRE, SourceConfig())
     assert "videotestsrc is-live=true pattern=ball ! video/x-raw,width=224,height=224,framerate=30/1" in test
     video = tmp_path / "a clip.avi"
-    synced = pipeline_description(f"file:{video}", PRE, CaptureSettings())
+    synced = pipeline_description(f"file:{video}", PRE, SourceConfig())
     assert f"uridecodebin uri={video.as_uri()} !" in synced and "drop=true max-buffers=1 sync=true" in synced
-    unsynced = pipeline_description(f"file:{video}", PRE, CaptureSettings(file_sync=False))
+    unsynced = pipeline_description(f"file:{video}", PRE, SourceConfig(file_sync=False))
     assert "drop=false max-buffers=1 sync=false" in unsynced  # every frame, as fast as they are read
-    custom = pipeline_description("gst:rtspsrc location=rtsp://cam/1 ! decodebin", PRE, CaptureSettings())
+    custom = pipeline_description("gst:rtspsrc location=rtsp://cam/1 ! decodebin", PRE, SourceConfig())
     assert custom.startswith("rtspsrc location=rtsp://cam/1 ! decodebin ! videoscale ! videoconvert ! ")
 
 
 def test_bad_specs_and_settings_are_explained(tmp_path: Path) -> None:
     with pytest.raises(MobileVLAError, match=r"unknown capture source 'rtsp://cam'; expected csi\[:SENSOR_ID\]"):
-        GstCapture("rtsp://cam", PRE, CaptureSettings()).start()
+        GstCapture("rtsp://cam", PRE, SourceConfig()).start()
     with pytest.raises(MobileVLAError, match=r"the CSI sensor id must be a number"):
-        GstCapture("csi:left", PRE, CaptureSettings())
+        GstCapture("csi:left", PRE, SourceConfig())
     with pytest.raises(MobileVLAError, match=rf"no such file {tmp_path / 'missing.mp4'}"):
-        GstCapture(f"file:{tmp_path / 'missing.mp4'}", PRE, CaptureSettings()).start()
+        GstCapture(f"file:{tmp_path / 'missing.mp4'}", PRE, SourceConfig()).start()
     with pytest.raises(MobileVLAError, match=r"no such device /dev/video99; list cameras with v4l2-ctl"):
-        GstCapture("v4l2:/dev/video99", PRE, CaptureSettings()).start()
+        GstCapture("v4l2:/dev/video99", PRE, SourceConfig()).start()
     with pytest.raises(MobileVLAError, match=r"no element \\?\"?nosuchelement"):
-        GstCapture("gst:nosuchelement", PRE, CaptureSettings()).start()
+        GstCapture("gst:nosuchelement", PRE, SourceConfig()).start()
     with pytest.raises(MobileVLAError, match=r"is not a video device"):
-        GstCapture(f"v4l2:{tmp_path}", PRE, CaptureSettings()).start()
+        GstCapture(f"v4l2:{tmp_path}", PRE, SourceConfig()).start()
     # A character device that is no camera: v4l2src fails at start, and the message names the likely causes.
     with pytest.raises(MobileVLAError, match=r"'v4l2:/dev/null' did not start: .*unplugged.*video group"):
-        GstCapture("v4l2:/dev/null", PRE, CaptureSettings()).start()
+        GstCapture("v4l2:/dev/null", PRE, SourceConfig()).start()
     not_a_video = tmp_path / "notes.avi"
     not_a_video.write_text("not a video\n" * 100)
     with pytest.raises(MobileVLAError, match=r"did not start: .*not a video GStreamer can decode"):
-        GstCapture(f"file:{not_a_video}", PRE, CaptureSettings()).start()
-    with pytest.raises(MobileVLAError, match=r"flip_method must be 0..7.*need 0 <= backoff_s <= backoff_max_s"):
-        CaptureSettings(flip_method=9, backoff_s=2.0, backoff_max_s=1.0)
+        GstCapture(f"file:{not_a_video}", PRE, SourceConfig()).start()
+    # the capture's settings are the config's section, checked on construction like the file and the flags
+    with pytest.raises(MobileVLAError, match=r"config key `source.flip_method` has value 9; allowed: an integer >= 0 "
+                                             r"<= 7"):
+        SourceConfig(flip_method=9)
+    with pytest.raises(MobileVLAError, match=r"`source.backoff_max_s` has value 1.0; allowed: at least "
+                                             r"source.backoff_s \(2\)"):
+        SourceConfig(backoff_s=2.0, backoff_max_s=1.0)
 
 
 @pytest.mark.skipif(Gst.ElementFactory.find("nvarguscamerasrc") is not None, reason="this machine is a Jetson")
 def test_csi_off_jetson_says_what_is_missing() -> None:
     with pytest.raises(MobileVLAError, match=r"nvarguscamerasrc is not installed: csi capture needs a Jetson with "
                                              r"JetPack's GStreamer plugins"):
-        GstCapture("csi:0", PRE, CaptureSettings()).start()
+        GstCapture("csi:0", PRE, SourceConfig()).start()
 
 
 # --- the test source and buffer mapping ------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def test_csi_off_jetson_says_what_is_missing() -> None:
 def test_test_source_frames_move_and_carry_monotonic_capture_times() -> None:
     dest = np.zeros((224, 224, 4), np.uint8)
     frames = []
-    with GstCapture("test", PRE, CaptureSettings(sensor_mode=(640, 360))) as cap:
+    with GstCapture("test", PRE, SourceConfig(sensor_mode=(640, 360))) as cap:
         results = []
         for _ in range(6):
             results.extend(read_frames(cap, dest, 1))
@@ -170,7 +176,7 @@ def test_test_source_frames_move_and_carry_monotonic_capture_times() -> None:
 
 def test_buffer_map_is_zero_copy_and_equals_extract_dup() -> None:
     """PyGObject's hash(Gst.Buffer) is the GstBuffer*: the ctypes map must see exactly extract_dup's bytes."""
-    pipeline = Gst.parse_launch(pipeline_description("test", Preprocessing(image_size=32), CaptureSettings()))
+    pipeline = Gst.parse_launch(pipeline_description("test", Preprocessing(image_size=32), SourceConfig()))
     sink = pipeline.get_by_name(SINK_NAME)
     pipeline.set_state(Gst.State.PLAYING)
     mapper = BufferMapper()
@@ -195,7 +201,7 @@ def test_read_into_does_not_grow_memory() -> None:
     """Steady state allocates nothing that survives a frame (the main loop checks < 64 KB over 1000 frames)."""
     pre = Preprocessing(image_size=64)
     dest = np.zeros((64, 64, 4), np.uint8)
-    with GstCapture("gst:videotestsrc pattern=ball ! video/x-raw,width=96,height=96", pre, CaptureSettings()) as cap:
+    with GstCapture("gst:videotestsrc pattern=ball ! video/x-raw,width=96,height=96", pre, SourceConfig()) as cap:
         read_frames(cap, dest, 50)
         tracemalloc.start()
         try:
@@ -215,7 +221,7 @@ def test_read_into_does_not_grow_memory() -> None:
 def test_file_unsynced_delivers_every_frame_then_end(videos: dict[str, Path]) -> None:
     dest = np.zeros((224, 224, 4), np.uint8)
     frames = []
-    with GstCapture(f"file:{videos['ball']}", PRE, CaptureSettings(file_sync=False)) as cap:
+    with GstCapture(f"file:{videos['ball']}", PRE, SourceConfig(file_sync=False)) as cap:
         while (result := cap.read_into(dest, 2.0)).status == "frame":
             frames.append(dest.copy())
         assert result.status == "end" and result.index == 12
@@ -227,7 +233,7 @@ def test_file_unsynced_delivers_every_frame_then_end(videos: dict[str, Path]) ->
 def test_file_synced_plays_at_its_frame_rate_and_loops(videos: dict[str, Path]) -> None:
     dest = np.zeros((224, 224, 4), np.uint8)
     start = time.monotonic()
-    with GstCapture(f"file:{videos['ball']}", PRE, CaptureSettings(file_loop=True)) as cap:
+    with GstCapture(f"file:{videos['ball']}", PRE, SourceConfig(file_loop=True)) as cap:
         results = read_frames(cap, dest, 2)
         while (results[-1].pts_ns or 0) > (results[-2].pts_ns or 0):  # until the file starts over (PTS goes back)
             results.extend(read_frames(cap, dest, 1))
@@ -242,7 +248,7 @@ def test_file_colours_match_prepare_frame(videos: dict[str, Path], frame_format:
     """A solid-colour video arrives in the frame_format's channel order; RGB at 30 px has padded rows (stride 92)."""
     pre = Preprocessing(image_size=size, frame_format=frame_format)
     dest = np.zeros((size, size, pre.channels), np.uint8)
-    with GstCapture(f"file:{videos['solid']}", pre, CaptureSettings(file_sync=False)) as cap:
+    with GstCapture(f"file:{videos['solid']}", pre, SourceConfig(file_sync=False)) as cap:
         read_frames(cap, dest, 1)
     want = prepare_frame(np.full((240, 320, 3), SOLID_RGB, np.uint8), "rgb", pre)
     assert np.abs(dest.astype(int) - want).max() <= 8  # JPEG + YUV round trip
@@ -252,7 +258,7 @@ def test_finite_gst_source_ends() -> None:
     pre = Preprocessing(image_size=32)
     dest = np.zeros((32, 32, 4), np.uint8)
     statuses = []
-    with GstCapture("gst:videotestsrc num-buffers=3 ! video/x-raw,width=48,height=48", pre, CaptureSettings()) as cap:
+    with GstCapture("gst:videotestsrc num-buffers=3 ! video/x-raw,width=48,height=48", pre, SourceConfig()) as cap:
         while (result := cap.read_into(dest, 2.0)).status != "end":
             statuses.append(result.status)
     assert 1 <= len(statuses) <= 3 and set(statuses) == {"frame"}  # latest-frame semantics may skip frames
@@ -261,7 +267,7 @@ def test_finite_gst_source_ends() -> None:
 # --- stalls, repeats, lifecycle ---------------------------------------------------------------------------------------
 
 
-STALL = CaptureSettings(stall_timeout_s=0.3, first_frame_timeout_s=0.4, backoff_s=0.05, backoff_max_s=0.2,
+STALL = SourceConfig(stall_timeout_s=0.3, first_frame_timeout_s=0.4, backoff_s=0.05, backoff_max_s=0.2,
                         reconnect_attempts=3)
 
 
@@ -307,7 +313,7 @@ def test_source_that_never_returns_raises_capture_error_after_the_attempts() -> 
 
 
 def test_source_that_never_starts_fails_through_the_same_path() -> None:
-    settings = CaptureSettings(first_frame_timeout_s=0.2, backoff_s=0.05, reconnect_attempts=1)
+    settings = SourceConfig(first_frame_timeout_s=0.2, backoff_s=0.05, reconnect_attempts=1)
     dest = np.zeros((32, 32, 4), np.uint8)
     sender = UdpSender()  # never started: nothing is ever sent
     with GstCapture(sender.spec, Preprocessing(image_size=32), settings) as cap, pytest.raises(
@@ -324,7 +330,7 @@ def test_repeated_timestamp_is_reported_as_repeat_without_copying() -> None:
     dest = np.zeros((16, 16, 4), np.uint8)
     spec = ("gst:appsrc name=feeder is-live=true format=time do-timestamp=false "
             "caps=video/x-raw,format=RGBA,width=16,height=16,framerate=30/1")
-    with GstCapture(spec, pre, CaptureSettings()) as cap:
+    with GstCapture(spec, pre, SourceConfig()) as cap:
         feeder = cap._pipeline.get_by_name("feeder")
 
         def push(value: int, pts: int) -> None:
@@ -342,7 +348,7 @@ def test_repeated_timestamp_is_reported_as_repeat_without_copying() -> None:
 
 
 def test_pipeline_is_null_after_stop_exception_and_garbage() -> None:
-    settings = CaptureSettings(sensor_mode=(320, 240))
+    settings = SourceConfig(sensor_mode=(320, 240))
     dest = np.zeros((224, 224, 4), np.uint8)
     cap = GstCapture("test", PRE, settings)
     cap.start()
@@ -368,7 +374,7 @@ def test_pipeline_is_null_after_stop_exception_and_garbage() -> None:
 
 
 def test_read_into_checks_its_arguments() -> None:
-    cap = GstCapture("test", PRE, CaptureSettings())
+    cap = GstCapture("test", PRE, SourceConfig())
     with pytest.raises(RuntimeError, match="before start"):
         cap.read_into(np.zeros((224, 224, 4), np.uint8), 0.1)
     with cap, pytest.raises(ValueError, match=r"uint8 array of shape \(224, 224, 4\)"):
