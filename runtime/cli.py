@@ -17,7 +17,7 @@ import yaml
 
 from runtime.backends.base import PolicyBackend
 from runtime.backends.select import open_backend
-from runtime.benchmark import ClockStatus, StageRecorder, jetson_clocks, summarize, write_plot
+from runtime.benchmark import StageRecorder, summarize, write_plot
 from runtime.bundle import Bundle, load_bundle
 from runtime.cli_checks import check_outputs, count_type
 from runtime.config import (
@@ -30,6 +30,7 @@ from runtime.config import (
 )
 from runtime.config_file import load_config
 from runtime.errors import MobileVLAError, run_cli
+from runtime.host import ClockStatus, jetson_clocks
 from runtime.loop import LOOP_STAGES
 from runtime.paths import default_bundle_dir
 from runtime.pipeline import StepResult

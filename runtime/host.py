@@ -1,11 +1,19 @@
 """The one place for facts about the machine the process runs on: Jetson detection, sysfs/procfs reads, and this
-process's memory (RSS, its peak, and resetting the peak). The monitor, the benchmark and the build read these."""
+process's memory (RSS, its peak, and resetting the peak), the Jetson's power mode and clock locks. The monitor, the
+benchmark and the build read these."""
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
 import resource
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("runtime.host")
 
 
 def read_text(path: Path) -> str | None:
@@ -73,3 +81,53 @@ def reset_peak_rss(clear_refs: Path = Path("/proc/self/clear_refs")) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class ClockStatus:
+    """Jetson power mode and whether CPU and GPU clocks are pinned (jetson_clocks sets min = max)."""
+
+    power_mode: str | None
+    cpu_locked: bool | None
+    gpu_locked: bool | None
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.cpu_locked and self.gpu_locked)
+
+    def warning(self) -> str | None:
+        if self.locked:
+            return None
+        return (f"clocks are not locked (power mode {self.power_mode or 'unknown'}, CPU locked: {self.cpu_locked}, "
+                f"GPU locked: {self.gpu_locked}): latencies vary with DVFS. For stable figures run "
+                f"`sudo nvpmodel -m 0 && sudo jetson_clocks` first")
+
+
+def _min_equals_max(min_path: str, max_path: str) -> bool | None:
+    low, high = read_text(Path(min_path)), read_text(Path(max_path))
+    return None if low is None or high is None else low == high
+
+
+def jetson_clocks(root: str = "/") -> ClockStatus | None:
+    """The clock state on a Jetson (None elsewhere), from sysfs and `nvpmodel -q` (no root needed)."""
+    if not is_jetson(Path(root)):
+        return None
+    cpu = os.path.join(root, "sys/devices/system/cpu/cpu0/cpufreq")
+    cpu_locked = _min_equals_max(f"{cpu}/scaling_min_freq", f"{cpu}/scaling_max_freq")
+    gpu_dirs = sorted(glob.glob(os.path.join(root, "sys/devices/platform/*gpu*/devfreq/*")))
+    gpu_locked = _min_equals_max(f"{gpu_dirs[0]}/min_freq", f"{gpu_dirs[0]}/max_freq") if gpu_dirs else None
+    return ClockStatus(nvpmodel_mode(), cpu_locked, gpu_locked)
+
+
+def nvpmodel_mode() -> str | None:
+    try:
+        done = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        log.debug("nvpmodel -q exited %d: %s", done.returncode, done.stderr.strip())
+        return None
+    for line in done.stdout.splitlines():
+        if "Power Mode" in line:
+            return line.split(":", 1)[1].strip()
+    return None

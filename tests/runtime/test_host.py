@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from runtime.host import available_mb, is_jetson, peak_rss_mb, process_memory_mb, read_text, reset_peak_rss
+from runtime.host import (
+    ClockStatus,
+    available_mb,
+    is_jetson,
+    jetson_clocks,
+    peak_rss_mb,
+    process_memory_mb,
+    read_text,
+    reset_peak_rss,
+)
 
 
 def test_jetson_by_release_file_or_tegra_device_tree(tmp_path: Path) -> None:
@@ -46,3 +56,26 @@ def test_the_peak_resets_so_a_stage_reads_its_own_peak(tmp_path: Path) -> None:
     assert peak_after < peak_with_block - 30 and peak_after >= rss_after - 1
     assert peak_rss_mb() < peak_with_block - 30  # getrusage reads the same high-water mark on Linux
     assert not reset_peak_rss(tmp_path)  # refused (a directory): the caller is told
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_clock_locks_read_from_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert jetson_clocks(str(tmp_path)) is None  # not a Jetson: nothing to say
+    write(tmp_path / "etc/nv_tegra_release", "# R36 (release), REVISION: 4.0\n")
+    cpu = tmp_path / "sys/devices/system/cpu/cpu0/cpufreq"
+    write(cpu / "scaling_min_freq", "729600\n")
+    write(cpu / "scaling_max_freq", "1984000\n")
+    gpu = tmp_path / "sys/devices/platform/17000000.gpu/devfreq/17000000.gpu"
+    write(gpu / "min_freq", "918000000\n")
+    write(gpu / "max_freq", "918000000\n")
+    monkeypatch.setattr("runtime.host.nvpmodel_mode", lambda: "MAXN")
+    status = jetson_clocks(str(tmp_path))
+    assert status == ClockStatus("MAXN", cpu_locked=False, gpu_locked=True) and not status.locked
+    assert status.warning() is not None and "sudo nvpmodel -m 0 && sudo jetson_clocks" in status.warning()
+    write(cpu / "scaling_min_freq", "1984000\n")
+    locked = jetson_clocks(str(tmp_path))
+    assert locked is not None and locked.locked and locked.warning() is None
