@@ -1,9 +1,11 @@
 """The house rules of `runtime/` (docs/design.md §3), checked on the source: no import cycle between its modules, no
-torch/transformers/onnx import anywhere in it, and no module that has grown into several jobs."""
+torch/transformers/onnx import anywhere in it, no module that has grown into several jobs; and every design
+reference in the code resolves."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import runtime
@@ -80,3 +82,14 @@ def test_no_module_past_the_limit() -> None:
     long = {str(p.relative_to(ROOT.parent)): n for p in ROOT.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_every_design_reference_resolves() -> None:
+    """Code comments cite `docs/design.md §n`: each section they name exists in the repository's design."""
+    repo = ROOT.parent
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)[. ]", (repo / "docs/design.md").read_text(), re.M))
+    cited = {(path.relative_to(repo), number.rstrip("."))
+             for package in ("runtime", "build_engines", "calibration", "tests")
+             for path in (repo / package).rglob("*.py")
+             for number in re.findall(r"docs/design\.md §(\d+(?:\.\d+)?)", path.read_text())}
+    assert cited and not {(p, n) for p, n in cited if n not in headings}, sorted(headings)
