@@ -99,12 +99,6 @@ class H5Spec:
 CaptureSpec = CsiSpec | V4l2Spec | FileSpec | TestSpec | GstSpec
 ReplaySpec = SyntheticSpec | H5Spec
 SourceSpec = CaptureSpec | ReplaySpec
-CAPTURE_SPECS = (CsiSpec, V4l2Spec, FileSpec, TestSpec, GstSpec)
-
-
-def is_capture(spec: SourceSpec) -> bool:
-    """Whether `spec` is a GStreamer capture (else a replay)."""
-    return isinstance(spec, CAPTURE_SPECS)
 
 
 def _after(spec: str, prefix: str) -> str:

@@ -16,7 +16,6 @@ from runtime.sources.spec import (
     SyntheticSpec,
     TestSpec,
     V4l2Spec,
-    is_capture,
     parse_capture,
     parse_source,
 )
@@ -35,7 +34,7 @@ from runtime.sources.spec import (
 def test_each_form_parses_to_its_kind(text: str, expected: object) -> None:
     spec = parse_source(text)
     assert spec == expected and spec.label == text
-    assert is_capture(spec) is (spec.kind in ("csi", "v4l2", "file", "test", "gst"))
+    assert isinstance(spec, SyntheticSpec | H5Spec) is (spec.kind in ("synthetic", "h5"))  # a replay, else a capture
 
 
 def test_kind_and_arg_are_uniform() -> None:
