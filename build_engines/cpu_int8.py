@@ -185,6 +185,7 @@ def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Setti
             feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)  # FP32 upstream, as int8.py gates
             parts[name] = build_part(q, name, feeds, settings, host, options.gate.cosine)
             if not parts[name].kept:
+                q.int8.pop(name).deactivate()  # its file goes: no later reopening (sessions_released) may find it
                 remove_form(bundle.root, parts[name], "per-part gate")
                 warnings.append(f"{name}: CPU INT8 cosine {parts[name].gate.cosine_mean:.6f} < {options.gate.cosine} "
                                 f"on held-out frames; ONNX Runtime keeps FP32 for this part")

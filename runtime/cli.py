@@ -9,7 +9,7 @@ import logging
 import sys
 import tracemalloc
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -26,6 +26,7 @@ from runtime.config import (
     RUNTIME_PRECISIONS,
     SCHEDULE_MODES,
     RuntimeConfig,
+    config_as_dict,
     with_section,
 )
 from runtime.config_file import load_config
@@ -164,15 +165,6 @@ def open_output(stack: ExitStack, target: str | None) -> TextIO | None:
         return stack.enter_context(Path(target).open("w"))
     except OSError as exc:
         raise MobileVLAError(f"cannot open --output {target}: {exc.strerror}; write elsewhere") from exc
-
-
-def config_as_dict(config: RuntimeConfig) -> dict[str, object]:
-    data = asdict(config)
-    data["bundle"] = None if config.bundle is None else str(config.bundle)
-    data["sinks"] = list(config.sinks)
-    data["source"]["sensor_mode"] = list(config.source.sensor_mode)
-    data.pop("origin")
-    return data
 
 
 def run(args: argparse.Namespace) -> int:

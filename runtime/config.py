@@ -8,7 +8,7 @@ override the file (the CLI applies them on top of the loaded config). Every sett
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -184,6 +184,16 @@ def parse_config(data: object, origin: str) -> RuntimeConfig:
     top = {key: value for key, value in data.items() if key not in SECTIONS}
     sections = {name: parse_section(name, data.get(name)) for name in SECTIONS}
     return RuntimeConfig(**top, **sections, origin=origin)  # type: ignore[arg-type]
+
+
+def config_as_dict(config: RuntimeConfig) -> dict[str, object]:
+    """The YAML form of `config` (`runtime --print-config`): what `parse_config` reads back to the same config."""
+    data = asdict(config)
+    data["bundle"] = None if config.bundle is None else str(config.bundle)
+    data["sinks"] = list(config.sinks)
+    data["source"]["sensor_mode"] = list(config.source.sensor_mode)
+    data.pop("origin")
+    return data
 
 
 def with_section(config: RuntimeConfig, section: str, **changes: Any) -> RuntimeConfig:

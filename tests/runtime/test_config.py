@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import RuntimeConfig, parse_config, with_section
+from runtime.config import RuntimeConfig, config_as_dict, parse_config, with_section
 from runtime.config_file import load_config
 from runtime.errors import MobileVLAError
 
@@ -102,3 +102,12 @@ def test_flags_are_validated_like_the_file(capsys: pytest.CaptureFixture[str]) -
         capsys.readouterr().err
     assert main(["--output-limit", "-1", "--print-config"]) == 2
     assert "config key `safety.limit` has value -1.0; allowed: a finite number > 0" in capsys.readouterr().err
+
+
+def test_printed_config_reads_back_to_the_same_config() -> None:
+    import yaml
+
+    config = parse_config({"source": {"spec": "csi:1", "sensor_mode": [1920, 1080]}, "sinks": ["udp:127.0.0.1:5600"],
+                           "safety": {"max_velocity": {"linear_x": 0.5}}, "bundle": "/tmp/b"}, "test")
+    text = yaml.safe_dump(config_as_dict(config), sort_keys=False)
+    assert parse_config(yaml.safe_load(text), "test") == config
