@@ -1,7 +1,8 @@
 """`--source` specs, parsed once into a small dataclass per kind (what `open_source` dispatches on).
 
-- `csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`, `test`, `gst:DESCRIPTION`: GStreamer captures
-  (runtime/sources/gstreamer/);
+- `csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`, `rtsp://…`, `rtp://…`, `test`, `gst:DESCRIPTION`: GStreamer
+  captures (runtime/sources/gstreamer/), also in jetson-utils' spellings (`csi://0`, `v4l2:///dev/video0`,
+  `/dev/video0`, `file://video.mp4`);
 - `synthetic` (a generated scene) and `h5:PATH` (recorded episodes): replays (runtime/sources/replay.py).
 
 Every spec has `kind`, `arg` (sensor id, device, path or description; "" where there is none) and `label` (the spec
@@ -16,8 +17,14 @@ from typing import ClassVar
 
 from runtime.errors import MobileVLAError
 
-SOURCE_FORMS = "`csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`, `test`, `gst:DESCRIPTION`, `synthetic` or `h5:PATH`"
-CAPTURE_FORMS = "csi[:SENSOR_ID], v4l2:/dev/videoN, file:PATH, test or gst:DESCRIPTION"
+SOURCE_FORMS = ("`csi[:SENSOR_ID]` (or `csi://N`), `v4l2:/dev/videoN` (or `v4l2:///dev/videoN`, `/dev/videoN`), "
+                "`file:PATH` (or `file://PATH`), `rtsp://HOST[:PORT]/PATH`, `rtp://@:PORT[?codec=h264|h265|mjpeg]`, "
+                "`test`, `gst:DESCRIPTION`, `synthetic` or `h5:PATH`")
+CAPTURE_FORMS = ("csi[:SENSOR_ID] (csi://N), v4l2:/dev/videoN (v4l2:///dev/videoN, /dev/videoN), file:PATH "
+                 "(file://PATH), rtsp://HOST[:PORT]/PATH, rtp://@:PORT[?codec=...], test or gst:DESCRIPTION")
+RTP_CODECS = ("h264", "h265", "mjpeg")
+# jetson-utils' URI spellings beside this project's own (docs/runtime.md, "Sources")
+CAPTURE_PREFIXES = ("csi:", "v4l2:", "file:", "gst:", "rtsp://", "rtsps://", "rtp://", "/dev/video")
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,33 @@ class H5Spec:
         return str(self.path)
 
 
-CaptureSpec = CsiSpec | V4l2Spec | FileSpec | TestSpec | GstSpec
+@dataclass(frozen=True)
+class RtspSpec:
+    kind: ClassVar[str] = "rtsp"
+    url: str
+    label: str
+
+    @property
+    def arg(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class RtpSpec:
+    """An RTP stream received on UDP `port` (`host` "" for every interface, jetson-utils' `rtp://@:PORT`)."""
+
+    kind: ClassVar[str] = "rtp"
+    host: str
+    port: int
+    codec: str  # one of RTP_CODECS
+    label: str
+
+    @property
+    def arg(self) -> str:
+        return f"{self.host or '@'}:{self.port}"
+
+
+CaptureSpec = CsiSpec | V4l2Spec | FileSpec | TestSpec | GstSpec | RtspSpec | RtpSpec
 ReplaySpec = SyntheticSpec | H5Spec
 SourceSpec = CaptureSpec | ReplaySpec
 
@@ -114,14 +147,48 @@ def parse_source(spec: str) -> SourceSpec:
         return SyntheticSpec()
     if spec.startswith("h5:"):
         return H5Spec(Path(spec[3:]), spec)
-    if spec in ("csi", "test") or spec.startswith(("csi:", "v4l2:", "file:", "gst:")):
+    if spec in ("csi", "test") or spec.startswith(CAPTURE_PREFIXES):
         return parse_capture(spec)
     raise MobileVLAError(f"unknown source {spec!r}; expected {SOURCE_FORMS}")
+
+
+def parse_rtp(spec: str) -> RtpSpec:
+    """`rtp://@:PORT` (every interface) or `rtp://HOST:PORT`, with `?codec=h264|h265|mjpeg` (default h264)."""
+    address, _, query = spec[len("rtp://") :].partition("?")
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise MobileVLAError(f"bad capture source {spec!r}: expected rtp://@:PORT or rtp://HOST:PORT with a port in "
+                             f"1-65535, e.g. rtp://@:5000")
+    codec = "h264"
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "codec" or value not in RTP_CODECS:
+            raise MobileVLAError(f"bad capture source {spec!r}: {item!r} is not a setting of an rtp:// source; "
+                                 f"expected codec={'|'.join(RTP_CODECS)}")
+        codec = value
+    return RtpSpec("" if host in ("@", "") else host, int(port), codec, spec)
 
 
 def parse_capture(spec: str) -> CaptureSpec:
     if spec == "test":
         return TestSpec()
+    if spec.startswith(("rtsp://", "rtsps://")):
+        if len(spec.partition("://")[2]) == 0:
+            raise MobileVLAError(f"bad capture source {spec!r}: nothing after `rtsp://`")
+        return RtspSpec(spec, spec)
+    if spec.startswith("rtp://"):
+        return parse_rtp(spec)
+    if spec.startswith("/dev/video"):  # a bare device, as jetson-utils takes it
+        return V4l2Spec(spec, spec)
+    if spec.startswith("csi://"):
+        spec_id = spec[len("csi://") :]
+        if not spec_id.isdigit():
+            raise MobileVLAError(f"bad capture source {spec!r}: the CSI sensor id must be a number, e.g. csi://0")
+        return CsiSpec(int(spec_id), spec)
+    if spec.startswith("v4l2://"):
+        return V4l2Spec(_after(spec, "v4l2://"), spec)
+    if spec.startswith("file://"):
+        return FileSpec(_after(spec, "file://"), spec)  # file:///abs/x.mp4 -> /abs/x.mp4; file://x.mp4 -> x.mp4
     if spec == "csi" or spec.startswith("csi:"):
         sensor = spec[4:] or "0"
         if not sensor.isdigit():

@@ -87,7 +87,7 @@ def test_user_errors_exit_nonzero_with_message(demo_bundle: Path, tmp_path: Path
     assert main(["--bundle", str(tmp_path / "missing")]) == 2
     assert "runtime: error: bundle directory" in capsys.readouterr().err
     assert main(["--bundle", str(demo_bundle), "--source", "camera0"]) == 2
-    assert "unknown source 'camera0'; expected `csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`" in \
+    assert "unknown source 'camera0'; expected `csi[:SENSOR_ID]` (or `csi://N`), `v4l2:/dev/videoN`" in \
         capsys.readouterr().err
     assert main(["--bundle", str(demo_bundle), "--instruction", "go " * 100, "--frames", "1"]) == 2
     assert "--max-prompt-tokens" in capsys.readouterr().err

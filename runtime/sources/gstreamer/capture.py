@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
+from runtime.host import is_jetson
 from runtime.preprocess import Preprocessing
 from runtime.sources.base import CaptureError, CaptureResult
 from runtime.sources.gstreamer.buffer import FrameCopier, gst_modules, loaded_gst
@@ -50,7 +51,8 @@ class GstCapture:
         self._spec = parse_capture(spec) if isinstance(spec, str) else spec
         self._pre = pre
         self._settings = settings
-        self._description = pipeline_description(self._spec, pre, settings)
+        self._hardware = is_jetson()  # network streams: NVDEC + VIC there, software decoders elsewhere
+        self._description = pipeline_description(self._spec, pre, settings, self._hardware)
         self._shape = (pre.image_size, pre.image_size, pre.channels)
         self._pipeline: Any = None
         self._sink: Any = None
@@ -99,7 +101,7 @@ class GstCapture:
         self._ended = False
         self._failed_reconnects = 0
         self._failing_since = None
-        check_elements(self._spec, self._settings, modules.Gst)
+        check_elements(self._spec, self._settings, modules.Gst, self._hardware)
         self._copier = FrameCopier(self._shape, self._spec.label, self._pre.frame_format)
         try:
             self._build()

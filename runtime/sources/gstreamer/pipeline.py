@@ -6,6 +6,9 @@ Sources (`--source` specs):
 - `v4l2:/dev/videoN`: a USB/UVC camera (`v4l2src`), scaled and converted on the CPU.
 - `file:PATH`: any video GStreamer decodes; clock-synced by default so a file behaves like a camera.
 - `test`: `videotestsrc` (live, a moving ball) at the sensor mode and frame rate; needs no hardware.
+- `rtsp://HOST[:PORT]/PATH`: an IP camera or RTSP server (`rtspsrc`, 100 ms jitter buffer, `decodebin`);
+  `rtp://@:PORT[?codec=h264|h265|mjpeg]`: an RTP stream on a UDP port. Both decode and scale on the Jetson's NVDEC and
+  VIC (`nvv4l2decoder`, `nvvidconv`) on a Jetson, in software (`avdec_*`, `jpegdec`, `videoscale`) elsewhere.
 - `gst:DESCRIPTION`: the user's own source description (e.g. `rtspsrc ... ! decodebin`); the tail is appended. Live
   (GStreamer: no preroll) it is a camera, whose end of stream is a failure; non-live it ends like a file.
 
@@ -23,8 +26,9 @@ from typing import Any
 
 from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
+from runtime.host import is_jetson
 from runtime.preprocess import FRAME_FORMATS, Preprocessing
-from runtime.sources.spec import CaptureSpec, parse_capture
+from runtime.sources.spec import CaptureSpec, RtpSpec, RtspSpec, parse_capture
 
 SINK_NAME = "mvla_capture_sink"
 # nvvidconv's flip-method numbering (what the robot uses) -> videoflip's method for the CPU-side sources.
@@ -56,8 +60,40 @@ def sink_mode(spec: CaptureSpec, settings: SourceConfig) -> tuple[bool, bool]:
     return False, True  # live sources: frames are already real-time; waiting on the clock only adds latency
 
 
-def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: SourceConfig) -> str:
-    """The gst-launch-1.0 description of a capture spec (paste it after `gst-launch-1.0 -v` to debug a camera)."""
+def _vic_tail(pre: Preprocessing, settings: SourceConfig) -> str:
+    """The Jetson's VIC scales, flips and converts (from NVMM or system memory) to S x S RGBA."""
+    size = pre.image_size
+    tail = f"nvvidconv flip-method={settings.flip_method} ! video/x-raw,width={size},height={size},format=RGBA"
+    if pre.frame_format != "RGBA":
+        # nvvidconv writes RGBA/BGRx only; the remaining conversion is at S x S, which costs the CPU ~nothing.
+        tail += f" ! videoconvert ! video/x-raw,format={pre.frame_format}"
+    return tail
+
+
+# RTP per codec: the caps udpsrc announces, the depayloader, and the decoder (Jetson hardware / software).
+RTP_CAPS = {"h264": "encoding-name=H264,clock-rate=90000,payload=96",
+            "h265": "encoding-name=H265,clock-rate=90000,payload=96",
+            "mjpeg": "encoding-name=JPEG,clock-rate=90000,payload=26"}
+RTP_DEPAY = {"h264": "rtph264depay ! h264parse", "h265": "rtph265depay ! h265parse", "mjpeg": "rtpjpegdepay"}
+DECODERS = {"h264": ("nvv4l2decoder", "avdec_h264"), "h265": ("nvv4l2decoder", "avdec_h265"),
+            "mjpeg": ("nvv4l2decoder mjpeg=1", "jpegdec")}
+RTSP_LATENCY_MS = 100  # rtspsrc's jitter buffer: its default (2 s) would put every frame 2 s behind
+
+
+def _network_head(source: RtspSpec | RtpSpec, hardware: bool) -> str:
+    if isinstance(source, RtspSpec):
+        return f"rtspsrc location={source.url} latency={RTSP_LATENCY_MS} ! decodebin"
+    address = source.host or "0.0.0.0"
+    caps = f"application/x-rtp,media=video,{RTP_CAPS[source.codec]}"
+    decoder = DECODERS[source.codec][0 if hardware else 1]
+    return (f"udpsrc address={address} port={source.port} caps=\"{caps}\" ! rtpjitterbuffer latency=50 ! "
+            f"{RTP_DEPAY[source.codec]} ! {decoder}")
+
+
+def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: SourceConfig,
+                         hardware: bool | None = None) -> str:
+    """The gst-launch-1.0 description of a capture spec (paste it after `gst-launch-1.0 -v` to debug a camera).
+    `hardware`: decode and scale network streams on the Jetson's NVDEC and VIC (default: on a Jetson)."""
     source = parse_capture(spec) if isinstance(spec, str) else spec
     if pre.frame_format not in FRAME_FORMATS:
         raise MobileVLAError(f"unknown frame_format {pre.frame_format!r}; expected one of {', '.join(FRAME_FORMATS)}")
@@ -65,12 +101,12 @@ def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: 
     size, (width, height), fps = pre.image_size, settings.sensor_mode, settings.fps
     if source.kind == "csi":
         head = (f"nvarguscamerasrc sensor-id={source.arg} ! "
-                f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1 ! "
-                f"nvvidconv flip-method={settings.flip_method} ! video/x-raw,width={size},height={size},format=RGBA")
-        if pre.frame_format != "RGBA":
-            # nvvidconv writes RGBA/BGRx only; the remaining conversion is at S x S, which costs the CPU ~nothing.
-            head += f" ! videoconvert ! video/x-raw,format={pre.frame_format}"
-        return f"{head} ! {sink}"
+                f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1")
+        return f"{head} ! {_vic_tail(pre, settings)} ! {sink}"
+    if isinstance(source, RtspSpec | RtpSpec):
+        hardware = is_jetson() if hardware is None else hardware
+        tail = _vic_tail(pre, settings) if hardware else _cpu_tail(pre, settings)
+        return f"{_network_head(source, hardware)} ! {tail} ! {sink}"
     if source.kind == "v4l2":
         head = f"v4l2src device={source.arg}"
     elif source.kind == "file":
@@ -89,10 +125,22 @@ _KIND_ELEMENTS = {
     "file": ("uridecodebin", "videoscale", "videoconvert"),
     "test": ("videotestsrc", "videoscale", "videoconvert"),
     "gst": ("videoscale", "videoconvert"),
+    "rtsp": ("rtspsrc", "decodebin"),
+    "rtp": ("udpsrc", "rtpjitterbuffer"),
 }
 _ELEMENT_PACKAGES = {
     "v4l2src": "gstreamer1.0-plugins-good",
     "videoflip": "gstreamer1.0-plugins-good",
+    "rtspsrc": "gstreamer1.0-plugins-good",
+    "rtpjitterbuffer": "gstreamer1.0-plugins-good",
+    "rtph264depay": "gstreamer1.0-plugins-good",
+    "rtph265depay": "gstreamer1.0-plugins-good",
+    "rtpjpegdepay": "gstreamer1.0-plugins-good",
+    "jpegdec": "gstreamer1.0-plugins-good",
+    "h264parse": "gstreamer1.0-plugins-bad",
+    "h265parse": "gstreamer1.0-plugins-bad",
+    "avdec_h264": "gstreamer1.0-libav",
+    "avdec_h265": "gstreamer1.0-libav",
 }
 
 
@@ -116,6 +164,13 @@ def failure_hint(spec: CaptureSpec) -> str:
         )
     if spec.kind == "test":
         return "videotestsrc does not fail on a working GStreamer install: reinstall gstreamer1.0-plugins-base."
+    if isinstance(spec, RtspSpec):
+        return (f"Likely causes: the camera or server at {spec.url} is unreachable, refuses the path or wants "
+                "credentials (rtsp://user:password@host/path), or streams a codec without a decoder here; check it "
+                f"alone with: gst-launch-1.0 -v rtspsrc location={spec.url} ! decodebin ! fakesink")
+    if isinstance(spec, RtpSpec):
+        return (f"Likely causes: nothing is sending RTP to port {spec.port} (a firewall, or the sender's host/port), "
+                f"or the stream is not {spec.codec} (set ?codec=h264|h265|mjpeg to what the sender encodes).")
     return (
         f"Likely cause: your GStreamer description {spec.arg!r}; check it alone with: gst-launch-1.0 -v "
         f"{spec.arg} ! videoconvert ! fakesink"
@@ -146,9 +201,14 @@ def check_source(spec: CaptureSpec) -> None:
             )
 
 
-def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any) -> None:
+def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any, hardware: bool = False) -> None:
     wanted = [*_KIND_ELEMENTS[spec.kind], "appsink"]
-    if settings.flip_method and spec.kind != "csi":
+    if isinstance(spec, RtpSpec):
+        wanted += [e.split()[0] for e in RTP_DEPAY[spec.codec].split(" ! ")]
+        wanted.append(DECODERS[spec.codec][0 if hardware else 1].split()[0])
+    if hardware and isinstance(spec, RtspSpec | RtpSpec):
+        wanted.append("nvvidconv")
+    elif settings.flip_method and spec.kind != "csi":
         wanted.append("videoflip")
     for name in wanted:
         if gst.ElementFactory.find(name) is not None:
@@ -158,6 +218,9 @@ def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any) -> None:
                 f"{name} is not installed: csi capture needs a Jetson with JetPack's GStreamer plugins "
                 "(nvidia-l4t-gstreamer); elsewhere use v4l2:/dev/videoN, file:PATH or test"
             )
+        if name in ("nvv4l2decoder", "nvvidconv"):
+            raise MobileVLAError(f"{name} is not installed: hardware decoding needs JetPack's GStreamer plugins "
+                                 f"(nvidia-l4t-gstreamer)")
         package = _ELEMENT_PACKAGES.get(name, "gstreamer1.0-plugins-base")
         raise MobileVLAError(
             f"GStreamer element {name} is not installed (needed by capture source {spec.label!r}): "

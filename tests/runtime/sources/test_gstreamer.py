@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import socket
 import time
 import tracemalloc
 from pathlib import Path
@@ -116,9 +117,57 @@ def test_cpu_source_descriptions(tmp_path: Path) -> None:
     assert custom.startswith("rtspsrc location=rtsp://cam/1 ! decodebin ! videoscale ! videoconvert ! ")
 
 
+def test_network_and_jetson_utils_descriptions() -> None:
+    settings = SourceConfig(flip_method=2)
+    assert pipeline_description("csi://1", PRE, settings) == pipeline_description("csi:1", PRE, settings)
+    assert pipeline_description("/dev/video2", PRE, settings).startswith("v4l2src device=/dev/video2 ! ")
+    assert pipeline_description("v4l2:///dev/video2", PRE, settings).startswith("v4l2src device=/dev/video2 ! ")
+    rtsp_hw = pipeline_description("rtsp://127.0.0.1:8554/cam", PRE, settings, hardware=True)
+    assert rtsp_hw.startswith("rtspsrc location=rtsp://127.0.0.1:8554/cam latency=100 ! decodebin ! nvvidconv "
+                              "flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA ! appsink")
+    rtsp_sw = pipeline_description("rtsp://127.0.0.1:8554/cam", PRE, settings, hardware=False)
+    assert "decodebin ! videoscale ! videoconvert ! videoflip method=rotate-180 ! " in rtsp_sw
+    h264 = pipeline_description("rtp://@:5000", PRE, SourceConfig(), hardware=True)
+    assert h264.startswith('udpsrc address=0.0.0.0 port=5000 caps="application/x-rtp,media=video,encoding-name=H264,'
+                           'clock-rate=90000,payload=96" ! rtpjitterbuffer latency=50 ! rtph264depay ! h264parse ! '
+                           'nvv4l2decoder ! nvvidconv flip-method=0 ! ')
+    assert "rtph265depay ! h265parse ! avdec_h265 ! videoscale" in pipeline_description(
+        "rtp://127.0.0.1:5000?codec=h265", PRE, SourceConfig(), hardware=False)
+    assert "rtpjpegdepay ! nvv4l2decoder mjpeg=1 ! nvvidconv" in pipeline_description(
+        "rtp://@:5000?codec=mjpeg", PRE, SourceConfig(), hardware=True)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_rtp_mjpeg_stream_on_loopback_delivers_frames() -> None:
+    port = free_udp_port()
+    sender = Gst.parse_launch(
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=64,height=64,framerate=30/1 ! "
+        "jpegenc ! "  # RTP JPEG (RFC 2435) carries 4:2:0 or 4:2:2 only
+        f"rtpjpegpay ! udpsink host=127.0.0.1 port={port}")
+    dest = np.zeros((224, 224, 4), np.uint8)
+    sender.set_state(Gst.State.PLAYING)  # UDP: sending before anyone listens loses only those packets
+    try:
+        with GstCapture(f"rtp://127.0.0.1:{port}?codec=mjpeg", PRE, SourceConfig()) as cap:
+            results = read_frames(cap, dest, 3, timeout_s=5.0)
+    finally:
+        sender.set_state(Gst.State.NULL)
+    assert [r.status for r in results] == ["frame"] * 3 and dest.any()
+
+
+def test_file_uri_plays_the_file(videos: dict[str, Path]) -> None:
+    dest = np.zeros((224, 224, 4), np.uint8)
+    with GstCapture(f"file://{videos['ball']}", PRE, SourceConfig(file_sync=False)) as cap:
+        assert [r.status for r in read_frames(cap, dest, 3)] == ["frame"] * 3
+
+
 def test_bad_specs_and_settings_are_explained(tmp_path: Path) -> None:
-    with pytest.raises(MobileVLAError, match=r"unknown capture source 'rtsp://cam'; expected csi\[:SENSOR_ID\]"):
-        GstCapture("rtsp://cam", PRE, SourceConfig()).start()
+    with pytest.raises(MobileVLAError, match=r"unknown capture source 'http://cam'; expected csi\[:SENSOR_ID\]"):
+        GstCapture("http://cam", PRE, SourceConfig()).start()
     with pytest.raises(MobileVLAError, match=r"the CSI sensor id must be a number"):
         GstCapture("csi:left", PRE, SourceConfig())
     with pytest.raises(MobileVLAError, match=rf"no such file {tmp_path / 'missing.mp4'}"):
