@@ -40,7 +40,7 @@ def choose_reader(source: str, interval_s: float = 1.0, root: Path = Path("/")) 
         if source == "jtop":
             raise MobileVLAError(f"monitor source jtop: {skipped[-1]}; install jetson-stats on the host "
                                  "(`sudo pip3 install -U jetson-stats`, then reboot), in a container mount "
-                                 "/run/jtop.sock, or use --monitor-source auto")
+                                 "/run/jtop.sock, or set monitor.source: auto in the config")
     if source in ("auto", "tegrastats"):
         executable = shutil.which("tegrastats")
         if executable is None:
@@ -52,7 +52,7 @@ def choose_reader(source: str, interval_s: float = 1.0, root: Path = Path("/")) 
                 skipped.append(f"tegrastats could not start ({exc})")
         if source == "tegrastats":
             raise MobileVLAError(f"monitor source tegrastats: {skipped[-1]}; it ships with L4T in /usr/bin "
-                                 "(in a container, mount it or use --monitor-source proc)")
+                                 "(in a container, mount it, or set monitor.source: proc in the config)")
     return ProcReader(why=_why(skipped), root=root)
 
 
