@@ -18,7 +18,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from runtime.backends.cuda import DeviceInfo
+from runtime.backends.cuda import DeviceInfo, import_tensorrt
 from runtime.config_file import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,10 +227,41 @@ def test_uninstall_keeps_settings_unless_purged(staged: tuple[Path, str]) -> Non
 def test_example_config_parses() -> None:
     config = load_config(SYSTEMD / "runtime.yaml.example")
     assert config.source.spec == "csi:0"
+    assert config.backend == "tensorrt"  # a missing TensorRT is a visible start failure, not a silent CPU run
     assert config.sinks == ("ros2:/cmd_vel",)
     assert config.instruction.control == "auto"
     assert set(config.safety.max_velocity) == {"linear_x", "linear_y", "angular_z"}
     assert config.bundle is None  # from $MOBILE_VLA_BUNDLE, shared with the engine build service
+
+
+@pytest.mark.skipif(import_tensorrt() is not None, reason="TensorRT is installed here")
+def test_example_config_without_tensorrt_fails_to_start_and_never_reports_ready(
+        demo_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The service's config pins the TensorRT backend: on a machine without it the runtime exits 2 with the reason
+    before sending READY=1 (systemd then shows a failed start), instead of running the policy on the CPU."""
+    import socket
+
+    from runtime.cli import main
+
+    notify = tmp_path / "notify"
+    collector = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    collector.bind(str(notify))
+    collector.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+    try:
+        code = main(["--config", str(SYSTEMD / "runtime.yaml.example"), "--bundle", str(demo_bundle),
+                     "--source", "synthetic", "--sink", "none", "--control", "none", "--frames", "3"])
+        messages = []
+        while True:
+            try:
+                messages.append(collector.recv(4096).decode())
+            except TimeoutError:
+                break
+    finally:
+        collector.close()
+    assert code == 2
+    assert "--backend tensorrt cannot run bundle" in capsys.readouterr().err
+    assert not any(m.startswith("READY=1") for m in messages), messages
 
 
 def test_example_env_is_plain_assignments() -> None:
