@@ -11,7 +11,7 @@ import tracemalloc
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -26,6 +26,7 @@ from runtime.config import (
     RUNTIME_PRECISIONS,
     SCHEDULE_MODES,
     RuntimeConfig,
+    SourceConfig,
     config_as_dict,
     with_section,
 )
@@ -38,7 +39,7 @@ from runtime.pipeline import StepResult
 from runtime.score_episodes import score_runs
 from runtime.sinks.base import VelocityCommand
 from runtime.sources.base import CaptureResult
-from runtime.sources.spec import SOURCE_FORMS
+from runtime.sources.spec import FLIP_NAMES, SOURCE_FORMS, flip_method
 from runtime.wiring import MEMORY_GUARD_EXIT, run_policy
 
 log = logging.getLogger("runtime")
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "only, fp32 ONNX Runtime only")
     parser.add_argument("--source", default=None,
                         help=f"frame source: {SOURCE_FORMS} (default: config source.spec, `synthetic`)")
+    camera = parser.add_argument_group("camera (jetson-utils' names; config `source`)")
+    camera.add_argument("--input-width", type=int, default=None, metavar="PX",
+                        help="csi/test: sensor mode width (config source.sensor_mode)")
+    camera.add_argument("--input-height", type=int, default=None, metavar="PX",
+                        help="csi/test: sensor mode height (config source.sensor_mode)")
+    camera.add_argument("--input-rate", type=int, default=None, metavar="FPS", help="csi/test: frame rate "
+                        "(config source.fps)")
+    camera.add_argument("--input-flip", choices=FLIP_NAMES, default=None,
+                        help="flip/rotate as jetson-utils does, including its swap of none and rotate-180 on CSI "
+                             "cameras (config source.flip_method holds nvvidconv's 0-7 numbering)")
     parser.add_argument("--h5-color", choices=("bgr", "rgb"), default=None,
                         help="channel order of the images stored in h5 episodes (the robot's recorder stores bgr8)")
     parser.add_argument("--instruction", default=None,
@@ -129,10 +140,21 @@ def effective_config(args: argparse.Namespace) -> RuntimeConfig:
         sinks=tuple(spec for spec in sinks if spec != "none"),
     )
     config = with_section(config, "source", spec=args.source, h5_color=args.h5_color)
+    config = with_section(config, "source", **camera_flags(args, config.source))
     config = with_section(config, "instruction", text=args.instruction, control="none" if quiet else args.control)
     config = with_section(config, "schedule", mode=args.schedule, rate_hz=args.rate_hz)
     # every replace() re-runs the fields' rules: flags meet the same checks as the file (runtime/settings.py)
     return with_section(config, "safety", scale=args.output_scale, limit=args.output_limit)
+
+
+def camera_flags(args: argparse.Namespace, source: SourceConfig) -> dict[str, Any]:
+    """The `--input-width/height/rate/flip` flags as `source` keys (None where not given)."""
+    width, height = source.sensor_mode
+    mode = None if args.input_width is None and args.input_height is None else (
+        width if args.input_width is None else args.input_width, height if args.input_height is None else
+        args.input_height)
+    flip = None if args.input_flip is None else flip_method(args.input_flip, source.parsed)
+    return {"sensor_mode": mode, "fps": args.input_rate, "flip_method": flip}
 
 
 def record_json(got: CaptureResult, result: StepResult, command: VelocityCommand | None,

@@ -201,3 +201,19 @@ def parse_capture(spec: str) -> CaptureSpec:
     if spec.startswith("gst:"):
         return GstSpec(_after(spec, "gst:"), spec)
     raise MobileVLAError(f"unknown capture source {spec!r}; expected {CAPTURE_FORMS}")
+
+
+# jetson-utils' `--input-flip` names, in nvvidconv's flip-method numbering (0..7, what `source.flip_method` holds).
+FLIP_NAMES = ("none", "counterclockwise", "rotate-180", "clockwise", "horizontal", "upper-right-diagonal", "vertical",
+              "upper-left-diagonal")
+
+
+def flip_method(name: str, spec: SourceSpec) -> int:
+    """`source.flip_method` for a jetson-utils flip name. On a CSI camera jetson-utils swaps `none` and `rotate-180`
+    (its CSI cameras are usually mounted upside down), so the same command line gives the same picture here."""
+    if name not in FLIP_NAMES:
+        raise MobileVLAError(f"--input-flip {name!r}: expected one of {', '.join(FLIP_NAMES)}")
+    method = FLIP_NAMES.index(name)
+    if isinstance(spec, CsiSpec) and method in (0, 2):
+        return 2 - method
+    return method

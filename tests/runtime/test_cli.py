@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from runtime.cli import main
 
@@ -165,3 +167,29 @@ def test_listen_prints_what_a_udp_sink_sends(demo_bundle: Path, capsys: pytest.C
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("seq ") and "stop True shutdown" in lines[-2]
     assert lines[-1] == "no datagram for 1.5 s; stopping"
+
+
+def printed_source(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
+    assert main([*flags, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    return yaml.safe_load(out[out.index("\n") + 1 :])["source"]  # past the "# effective config" line
+
+
+def test_jetson_utils_input_flags_map_to_the_source_config(capsys: pytest.CaptureFixture[str]) -> None:
+    csi = printed_source(capsys, "--source", "csi://0", "--input-width", "1920", "--input-rate", "60",
+                         "--input-flip", "none")
+    assert csi["sensor_mode"] == [1920, 720] and csi["fps"] == 60
+    assert csi["flip_method"] == 2  # jetson-utils turns a CSI camera's `none` into rotate-180 (and back)
+    assert printed_source(capsys, "--source", "csi:0", "--input-flip", "rotate-180")["flip_method"] == 0
+    usb = printed_source(capsys, "--source", "/dev/video0", "--input-flip", "none", "--input-height", "480")
+    assert usb["flip_method"] == 0 and usb["sensor_mode"] == [1280, 480]
+    assert printed_source(capsys, "--source", "v4l2:/dev/video0", "--input-flip", "clockwise")["flip_method"] == 3
+
+
+def test_bad_input_flags_are_refused_with_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--input-width", "0", "--print-config"]) == 2
+    assert "config key `source.sensor_mode` has value 0; allowed: an integer >= 1 <= 10000" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--input-flip", "upside-down", "--print-config"])
+    assert "invalid choice: 'upside-down'" in capsys.readouterr().err
