@@ -97,7 +97,8 @@ class InstructionConfig(Checked):
 class ScheduleConfig(Checked):
     SECTION: ClassVar[str] = "schedule"
     mode: str = setting("chunk0", Choice(SCHEDULE_MODES))
-    ensemble_decay: float = setting(0.5, Number(0.0, 100.0))  # weight of a prediction k frames old: exp(-decay * k)
+    # ensemble: ACT's k, weight exp(-k * i) with i = 0 the oldest prediction for this step (runtime/schedule.py)
+    ensemble_decay: float = setting(0.01, Number(0.0, 100.0))
     rate_hz: float = setting(30.0, Number(1.0, 1000.0))  # async: the control loop's publish rate
     # async: time between consecutive chunk elements (the training data's control period)
     step_s: float = setting(0.1, Number(0.0, 10.0, exclusive_low=True))

@@ -1,9 +1,10 @@
 """Action scheduling: which velocity of the predicted chunks is executed, and when.
 
 - `chunk0` (default, RoboVLMs behaviour): each new chunk's element 0, published right after inference.
-- `ensemble`: temporal ensembling over overlapping chunks. The chunk predicted k frames ago holds, at index k, its
-  prediction for now; those predictions are averaged with weights exp(-decay · k) (decay 0: plain mean; larger:
-  the newest chunk dominates). It assumes one frame per chunk step, as in training.
+- `ensemble`: temporal ensembling over overlapping chunks, ACT's convention (Zhao et al. 2023, `imitate_episodes.py`):
+  the chunk predicted k frames ago holds, at index k, its prediction for now; the m predictions for now are averaged
+  with weights exp(-decay · i), i = 0 the oldest (decay 0: plain mean; ACT's default 0.01; larger: the oldest
+  prediction dominates, which smooths most). It assumes one frame per chunk step, as in training.
 - `async`: inference runs at its own rate and hands each chunk over with its frame's capture time; a control loop
   publishes at a fixed rate the element for "now": index floor((now − capture) / step_s). Past the chunk's end
   there is nothing left to execute: the caller's deadman stops the robot.
@@ -20,7 +21,7 @@ import numpy as np
 
 
 class EnsembleScheduler:
-    """Temporal ensembling (ACT-style) over the last `n` chunks."""
+    """Temporal ensembling over the last `n` chunks, weighted as ACT does (module docstring)."""
 
     def __init__(self, chunk: int, dim: int, decay: float) -> None:
         self.n = chunk
@@ -38,9 +39,10 @@ class EnsembleScheduler:
         self._count += 1
         self._out[...] = 0.0
         total = 0.0
-        for age in range(min(self._count, self.n)):
+        contributors = min(self._count, self.n)
+        for age in range(contributors):
             slot = (self._count - 1 - age) % self.n
-            weight = float(self._weights[age])
+            weight = float(self._weights[contributors - 1 - age])  # ACT: index 0 is the oldest prediction
             self._out += weight * self._chunks[slot, age]
             total += weight
         self._out /= total

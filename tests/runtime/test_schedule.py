@@ -19,7 +19,9 @@ def test_ensemble_weights_overlapping_predictions() -> None:
     decayed = EnsembleScheduler(n, 1, decay=1.0)
     decayed.push(chunks[0])
     w = np.exp(-1.0)
-    assert decayed.push(chunks[1])[0] == pytest.approx((100 + w * 1) / (1 + w))
+    # ACT's convention: weight exp(-k * i), i = 0 the oldest prediction (chunk 0's element 1), i = 1 the newest
+    assert decayed.push(chunks[1])[0] == pytest.approx((1 + w * 100) / (1 + w))
+    assert decayed.push(chunks[2])[0] == pytest.approx((2 + w * 101 + w * w * 200) / (1 + w + w * w))
     decayed.reset()
     assert decayed.push(chunks[2])[0] == 200.0
 
