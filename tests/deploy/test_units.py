@@ -131,6 +131,7 @@ def fake_bundle(engines: dict[str, dict[str, str]]) -> SimpleNamespace:
     ({"fp16": {"tensorrt": "8.5.2.2", "device": "Orin", "compute_capability": "8.7"}}, 0),
 ])
 def test_engines_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engines: dict, expected: int) -> None:
+    import build_engines.tensorrt_build  # noqa: F401  imported before the patch: it binds the real import_tensorrt
     import runtime.backends.cuda
     import runtime.bundle
 
@@ -142,6 +143,7 @@ def test_engines_needed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engines
 
 
 def test_engines_needed_without_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import build_engines.tensorrt_build  # noqa: F401  imported before the patch: it binds the real import_tensorrt
     import runtime.backends.cuda
 
     monkeypatch.setattr(runtime.backends.cuda, "import_tensorrt", lambda: None)
@@ -329,3 +331,36 @@ def test_dockerfile_build_args_and_entrypoint() -> None:
     copied = re.findall(r"^COPY (\S+)", text, re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not set(copied) & set(ignored), "Dockerfile.l4t copies a path that .dockerignore excludes"
+
+
+def docker_runs(text: str) -> list[list[str]]:
+    """The `docker run` commands in `text` (a `#`-commented Dockerfile header or a docs code block), as argv lists."""
+    import shlex
+
+    lines = [re.sub(r"^#\s?", "", line) for line in text.splitlines()]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [shlex.split(line.strip()) for line in joined.splitlines() if line.strip().startswith("docker run")]
+
+
+def test_docker_run_recipes_mount_what_the_image_needs() -> None:
+    """The docs' and the Dockerfile's recipes agree, and each mount and group is what the image and runtime use."""
+    from runtime.health.jtop import JTOP_SOCKET
+
+    docs = docker_runs((ROOT / "docs/deployment.md").read_text())
+    header = docker_runs(DOCKERFILE.read_text().split("ARG L4T_IMAGE")[0])
+    assert len(docs) == len(header) == 2 and docs == header  # one engine build, one service
+    image = DOCKERFILE.read_text()
+    bundle = re.search(r"^ENV MOBILE_VLA_BUNDLE=(\S+)", image, re.M)
+    assert bundle is not None
+    build, service = docs
+    for run in docs:
+        assert run[run.index("--runtime") + 1] == "nvidia"  # the GPU: cuInit fails without it
+        assert f"{bundle.group(1)}:{bundle.group(1)}" in run
+    mounts = {service[i + 1] for i, arg in enumerate(service) if arg == "-v"}
+    assert f"/{JTOP_SOCKET}:/{JTOP_SOCKET}" in mounts  # the host's jtop service, for the monitor
+    assert service[service.index("--group-add") + 1] == "$(getent group jtop | cut -d: -f3)"  # the socket's group
+    assert "/tmp/argus_socket:/tmp/argus_socket" in mounts  # CSI: libargus talks to the host's nvargus-daemon
+    config = re.search(r'^CMD \["--config", "([^"]+)"\]', image, re.M)
+    assert config is not None and f"{Path(config.group(1)).parent}:{Path(config.group(1)).parent}:ro" in mounts
+    assert service[service.index("--network") + 1] == "host"  # DDS discovery and the UDP ports
+    assert "--engines-only" in build and '".[replay,capture,serial,jetson]"' in image  # jetson-stats in the image
