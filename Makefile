@@ -27,14 +27,14 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0   # the CPU build (a plain `torch` pulls a multi-GB CUDA build)
-	$(BIN)/python -m pip install -q -e ".[export,replay,dev]"
+	$(BIN)/python -m pip install -q -e ".[export,replay,dds,dev]"
 	touch $@
 
 # The runtime alone, without torch/transformers/onnx: proves the on-robot install stays lean.
 $(LEAN)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(LEAN)
 	$(LEAN)/bin/python -m pip install -q --upgrade pip
-	$(LEAN)/bin/python -m pip install -q -e ".[replay,capture,serial]" pytest
+	$(LEAN)/bin/python -m pip install -q -e ".[replay,capture,serial,dds]" pytest
 	touch $@
 
 DEMO_EPISODES := .cache/demo-episodes

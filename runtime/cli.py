@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="language instruction (default: config, else the episode's, else the bundle's default)")
     parser.add_argument("--sink", action="append", default=None, metavar="SPEC",
                         help="where velocity commands go, repeatable: stdout, udp:HOST:PORT, serial:DEVICE[:BAUD], "
-                             "ros2[:TOPIC], none (default: config `sinks`, stdout; none with --benchmark/--score)")
+                             "ros2[:TOPIC], dds[:TOPIC][?stamped&frame_id=ID], none (default: config `sinks`, stdout; "
+                             "none with --benchmark/--score)")
     parser.add_argument("--schedule", choices=SCHEDULE_MODES, default=None,
                         help="chunk0: execute chunk[0] of each new chunk (RoboVLMs); ensemble: temporal ensembling; "
                              "async: a control loop publishes at --rate-hz from the newest chunk")

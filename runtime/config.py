@@ -46,7 +46,7 @@ MAX_BACKOFF_S = 3600.0
 MAX_MEMORY_MB = 1e9  # only "finite": a guard test sets the thresholds above any real memory
 
 
-SINK_FORMS = "stdout | udp:HOST:PORT | serial:DEVICE[:BAUD] | ros2[:TOPIC]"
+SINK_FORMS = "stdout | udp:HOST:PORT | serial:DEVICE[:BAUD] | ros2[:TOPIC] | dds[:TOPIC][?stamped&frame_id=ID]"
 
 
 @dataclass(frozen=True)

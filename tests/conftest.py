@@ -9,6 +9,15 @@ from pathlib import Path
 
 import pytest
 
+# DDS in tests: loopback unicast only, multicast off, peers 127.0.0.1 (nothing leaves the machine). Set before any
+# participant exists: Cyclone DDS reads it when the domain is first created in the process.
+LOOPBACK_DDS = ("<CycloneDDS><Domain id=\"any\"><General><Interfaces><NetworkInterface address=\"127.0.0.1\"/>"
+                "</Interfaces><AllowMulticast>false</AllowMulticast></General><Discovery>"
+                "<ParticipantIndex>auto</ParticipantIndex><MaxAutoParticipantIndex>60</MaxAutoParticipantIndex>"
+                "<Peers><Peer address=\"127.0.0.1\"/></Peers></Discovery></Domain></CycloneDDS>")
+os.environ["CYCLONEDDS_URI"] = LOOPBACK_DDS
+os.environ["ROS_DOMAIN_ID"] = "42"  # not the robot's usual 0, should a real ROS 2 node share this machine
+
 
 @pytest.fixture
 def udp_receiver() -> Iterator[socket.socket]:

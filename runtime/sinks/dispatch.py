@@ -9,23 +9,19 @@ Specs (`open_sink`):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from runtime.errors import MobileVLAError
-
-if TYPE_CHECKING:
-    pass
 from runtime.sinks.base import Sink
+from runtime.sinks.dds import DdsSink, parse_dds
 from runtime.sinks.ros2 import DEFAULT_ROS_TOPIC, Ros2Sink
 from runtime.sinks.serial import SerialSink, parse_serial
 from runtime.sinks.stdout import StdoutSink
 from runtime.sinks.udp import UdpSink, parse_udp
 
-SINK_FORMS = "stdout (or -), udp:HOST:PORT, serial:DEVICE[:BAUD], ros2[:TOPIC]"
+SINK_FORMS = "stdout (or -), udp:HOST:PORT, serial:DEVICE[:BAUD], ros2[:TOPIC], dds[:TOPIC][?stamped&frame_id=ID]"
 
 
 def open_sink(spec: str) -> Sink:
-    """Open a sink from its spec: stdout (or -), udp:HOST:PORT, serial:DEVICE[:BAUD], ros2[:TOPIC]."""
+    """Open a sink from its spec (SINK_FORMS)."""
     kind, _, rest = spec.partition(":")
     if spec in ("stdout", "-"):
         return StdoutSink()
@@ -38,4 +34,6 @@ def open_sink(spec: str) -> Sink:
     if kind == "ros2":
         topic = rest or DEFAULT_ROS_TOPIC
         return Ros2Sink(topic)
+    if kind == "dds":
+        return DdsSink(parse_dds(spec, rest))
     raise MobileVLAError(f"sink {spec!r}: unknown kind {kind!r}; expected one of: {SINK_FORMS}")

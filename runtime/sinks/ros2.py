@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime.errors import MobileVLAError
-
-if TYPE_CHECKING:
-    pass
 from runtime.sinks.base import VelocityCommand
 
 DEFAULT_ROS_TOPIC = "/cmd_vel"
