@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-hz", type=float, default=None, help="async control loop rate (default 30)")
     parser.add_argument("--control", choices=CONTROL_KINDS, default=None,
                         help="how instructions change while running (default auto: ROS 2 topic when rclpy imports, "
-                             "else UDP control messages on 127.0.0.1:5610; none with --benchmark/--score)")
+                             "else UDP control messages on 127.0.0.1:5610; dds: the ROS 2 topic through Cyclone DDS, "
+                             "no ROS install; none with --benchmark/--score)")
     parser.add_argument("--frames", type=count_type(1), default=None,
                         help="stop after this many policy frames (default: until the source ends or a signal; "
                              "200 after warm-up with --benchmark)")

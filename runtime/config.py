@@ -34,7 +34,7 @@ from runtime.sources import spec as source_spec
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 RUNTIME_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 SCHEDULE_MODES = ("chunk0", "ensemble", "async")
-CONTROL_KINDS = ("auto", "ros2", "udp", "none")
+CONTROL_KINDS = ("auto", "ros2", "dds", "udp", "none")
 MONITOR_SOURCES = ("auto", "jtop", "tegrastats", "proc")
 # Upper bounds. Every number must be finite: `frame_deadline_s: .inf` would switch the deadman off.
 MAX_OUTPUT_SCALE = 10.0  # the team's server used 1.15; a larger gain is a typo, not a tuning

@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.config import InstructionConfig
 from runtime.errors import MobileVLAError
@@ -226,7 +226,12 @@ def ros2_available() -> bool:
     return True
 
 
-Listener = UdpInstructionListener | Ros2InstructionListener
+class Listener(Protocol):
+    """An instruction listener (UDP, rclpy, or DDS in runtime/dds/instructions.py): started once, closed once."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def open_listener(config: InstructionConfig, box: InstructionBox,
@@ -240,4 +245,8 @@ def open_listener(config: InstructionConfig, box: InstructionBox,
         return None
     if kind == "ros2":
         return Ros2InstructionListener(box, config.ros2_topic, validate)
+    if kind == "dds":
+        from runtime.dds.instructions import DdsInstructionListener  # Cyclone DDS only when asked for
+
+        return DdsInstructionListener(box, config.ros2_topic, validate)
     return UdpInstructionListener(box, config.udp_host, config.udp_port, validate)

@@ -44,3 +44,8 @@ def ros_time(seconds: float) -> Time:
     """builtin_interfaces/Time of a Unix time in seconds."""
     nanoseconds = round(seconds * 1e9)
     return Time(nanoseconds // 1_000_000_000, nanoseconds % 1_000_000_000)
+
+
+@dataclass
+class String(IdlStruct, typename="std_msgs::msg::dds_::String_"):
+    data: str

@@ -131,3 +131,38 @@ def test_bad_domain_id_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROS_DOMAIN_ID", "robot")
     with pytest.raises(MobileVLAError, match=r"ROS_DOMAIN_ID='robot': expected an integer 0-232"):
         open_sink("dds:/cmd_vel")
+
+
+@dataclass
+class RosString(IdlStruct, typename="std_msgs::msg::dds_::String_"):
+    data: str
+
+
+def test_instructions_arrive_over_dds_and_get_a_status_reply() -> None:
+    from cyclonedds.pub import DataWriter
+
+    from runtime.config import InstructionConfig
+    from runtime.control import InstructionBox, open_listener
+
+    box = InstructionBox("start")
+    listener = open_listener(InstructionConfig(control="dds", ros2_topic="/robot1/instruction"), box,
+                             lambda text: "long" if len(text) > 20 else None)
+    assert listener is not None
+    listener.start()
+    participant = DomainParticipant(42)
+    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepLast(10))
+    writer = DataWriter(participant, Topic(participant, "rt/robot1/instruction", RosString, qos=qos), qos=qos)
+    status = subscriber("rt/robot1/instruction/status", RosString)
+    try:
+        deadline = time.monotonic() + 5.0
+        while box.wanted != "turn left at the box" and time.monotonic() < deadline:
+            writer.write(RosString("turn left at the box"))
+            time.sleep(0.1)
+        assert box.wanted == "turn left at the box"
+        replies: list[Any] = []
+        while not replies and time.monotonic() < deadline:
+            replies = list(status.take(N=10))
+            time.sleep(0.05)
+    finally:
+        listener.close()
+    assert replies and '"ok": true' in replies[-1].data and '"warning": "long"' not in replies[-1].data

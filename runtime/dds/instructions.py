@@ -1,0 +1,60 @@
+"""`instruction.control: dds`: std_msgs/String instructions on a ROS 2 topic (`instruction.ros2_topic`) through
+Cyclone DDS, without a ROS install; each one's status JSON (as the UDP reply) on TOPIC/status. The same validation
+as the other listeners (runtime/control.py `receive`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from runtime.control import STATUS_SUFFIX, InstructionBox, Validator, receive
+from runtime.dds.participant import dds_topic, domain_id
+from runtime.errors import MobileVLAError
+
+log = logging.getLogger("runtime.control")
+POLL_S = 0.05  # how often the listener looks for new instructions
+
+
+class DdsInstructionListener:
+    def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None) -> None:
+        try:
+            from cyclonedds.core import Policy, Qos
+            from cyclonedds.domain import DomainParticipant
+            from cyclonedds.pub import DataWriter
+            from cyclonedds.sub import DataReader
+            from cyclonedds.topic import Topic
+            from cyclonedds.util import duration
+
+            from runtime.dds.messages import String
+        except ImportError as exc:
+            raise MobileVLAError("instruction.control: dds needs Cyclone DDS's Python binding: pip install '.[dds]'; "
+                                 "or set instruction.control: udp") from exc
+        self.box, self.validate, self.topic = box, validate, topic
+        self.status_topic = topic.rstrip("/") + STATUS_SUFFIX
+        qos = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)), Policy.History.KeepLast(10))
+        self._participant = DomainParticipant(domain_id())
+        where = "instruction.ros2_topic"
+        self._reader: Any = DataReader(self._participant, Topic(self._participant, dds_topic(topic, where), String,
+                                                                qos=qos), qos=qos)
+        self._status: Any = DataWriter(self._participant, Topic(self._participant, dds_topic(self.status_topic, where),
+                                                                String, qos=qos), qos=qos)
+        self._string = String
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="instruction-dds", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("instructions: DDS topic %s (std_msgs/String), status on %s", self.topic, self.status_topic)
+
+    def _serve(self) -> None:
+        while not self._stop.wait(POLL_S):
+            for message in self._reader.take(N=16):
+                reply = receive(self.box, self.validate, message.data, f"dds {self.topic}")
+                self._status.write(self._string(json.dumps(reply)))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
