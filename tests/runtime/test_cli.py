@@ -163,7 +163,9 @@ def test_listen_prints_what_a_udp_sink_sends(demo_bundle: Path, capsys: pytest.C
     assert main(["--bundle", str(demo_bundle), "--frames", "3", "--sink", f"udp:127.0.0.1:{port}",
                  "--control", "none"]) == 0
     thread.join(timeout=10)
-    assert received and 2 <= received[0] <= 4  # 3 commands and the final zero; the mailbox may drop one
+    # 3 commands and the final zero; the sink's mailbox keeps the newest, so on a fast run the zero can replace
+    # every command its worker had not sent yet: what always arrives, last, is the zero
+    assert received and 1 <= received[0] <= 4
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("seq ") and "stop True shutdown" in lines[-2]
     assert lines[-1] == "no datagram for 1.5 s; stopping"
