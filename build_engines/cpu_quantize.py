@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build_engines.quantize import activation_matmuls
-from runtime.cpu_int8 import CpuHost
+from runtime.cpu_int8 import WEIGHT_TYPES, CpuHost
 from runtime.errors import MobileVLAError, check_range
 from runtime.preprocess import check_choice
 
-WEIGHT_TYPES = ("auto", "int8", "uint8")
+SETTING_WEIGHT_TYPES = ("auto", *WEIGHT_TYPES)
 # Op types of ONNX Runtime's integer kernels, as they appear in its optimized graph (fused) or in the saved one.
 INTEGER_KERNELS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul",
                    "DynamicQuantizeLSTM", "ConvInteger", "QLinearConv")
@@ -44,7 +44,7 @@ class CpuInt8Settings:
         return "uint8" if host.saturates_int8 else "int8"
 
     def validate(self) -> None:
-        check_choice("CPU INT8 weight type", self.weight_type, WEIGHT_TYPES)
+        check_choice("CPU INT8 weight type", self.weight_type, SETTING_WEIGHT_TYPES)
         unknown = [op for op in self.op_types if op not in ("MatMul", "Gemm", "LSTM", "Conv")]
         if unknown or not self.op_types:
             raise MobileVLAError(f"CPU INT8 op types {self.op_types}: expected a subset of MatMul, Gemm, LSTM, Conv")

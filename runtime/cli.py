@@ -38,6 +38,7 @@ from runtime.paths import default_bundle_dir
 from runtime.pipeline import StepResult
 from runtime.score_episodes import score_runs
 from runtime.sinks.base import VelocityCommand
+from runtime.sinks.dispatch import SINK_FORMS
 from runtime.sources.base import CaptureResult
 from runtime.sources.spec import FLIP_NAMES, SOURCE_FORMS, flip_method
 from runtime.wiring import MEMORY_GUARD_EXIT, run_policy
@@ -84,9 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instruction", default=None,
                         help="language instruction (default: config, else the episode's, else the bundle's default)")
     parser.add_argument("--sink", action="append", default=None, metavar="SPEC",
-                        help="where velocity commands go, repeatable: stdout, udp:HOST:PORT, serial:DEVICE[:BAUD], "
-                             "ros2[:TOPIC], dds[:TOPIC][?stamped&frame_id=ID], none (default: config `sinks`, stdout; "
-                             "none with --benchmark/--score)")
+                        help=f"where velocity commands go, repeatable: {SINK_FORMS}, none (default: config `sinks`, "
+                             f"stdout; none with --benchmark/--score)")
     parser.add_argument("--schedule", choices=SCHEDULE_MODES, default=None,
                         help="chunk0: execute chunk[0] of each new chunk (RoboVLMs); ensemble: temporal ensembling; "
                              "async: a control loop publishes at --rate-hz from the newest chunk")

@@ -29,6 +29,7 @@ from runtime.settings import (
     setting,
 )
 from runtime.sinks.base import AXES
+from runtime.sinks.dispatch import SINK_FORMS
 from runtime.sources import spec as source_spec
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -46,7 +47,6 @@ MAX_BACKOFF_S = 3600.0
 MAX_MEMORY_MB = 1e9  # only "finite": a guard test sets the thresholds above any real memory
 
 
-SINK_FORMS = "stdout | udp:HOST:PORT | serial:DEVICE[:BAUD] | ros2[:TOPIC] | dds[:TOPIC][?stamped&frame_id=ID]"
 
 
 @dataclass(frozen=True)

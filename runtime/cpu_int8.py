@@ -24,6 +24,7 @@ MIN_CPU_SPEEDUP = 1.05
 # The CPU features ONNX Runtime's integer GEMMs are fast with (x86 VNNI/AMX, Arm dot product / i8mm).
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 CPU_INT8_SUFFIX = ".cpu-int8.onnx"
+WEIGHT_TYPES = ("int8", "uint8")  # of a CPU INT8 form's quantized weights
 # x86 CPUs without these run ONNX Runtime's u8×s8 GEMM with VPMADDUBSW, which adds each pair of uint8×int8 products
 # in int16 with saturation: with 8-bit weights large sums clip. Measured on the demo, CPU INT8 end to end: chunk[0]
 # MAE 0.035 (gate 0.02) on an AVX2-only EPYC, 0.0024 with AVX-512 VNNI. uint8 weights run u8×u8 kernels, which
@@ -134,7 +135,7 @@ class CpuInt8Form:
     weight_type: str = "int8"  # "uint8": exact on every CPU; "int8": faster with VNNI, clips without (above)
 
     def __post_init__(self) -> None:
-        if self.weight_type not in ("int8", "uint8"):
+        if self.weight_type not in WEIGHT_TYPES:
             raise ValueError(f"CPU INT8 weight type {self.weight_type!r}: expected int8 or uint8")
 
     def files(self) -> list[str]:

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from runtime.control import STATUS_SUFFIX, InstructionBox, Validator, receive
-from runtime.dds.participant import dds_topic, domain_id
+from runtime.dds.participant import dds_topic, domain_id, instruction_qos
 from runtime.errors import MobileVLAError
 
 log = logging.getLogger("runtime.control")
@@ -20,12 +20,10 @@ POLL_S = 0.05  # how often the listener looks for new instructions
 class DdsInstructionListener:
     def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None) -> None:
         try:
-            from cyclonedds.core import Policy, Qos
             from cyclonedds.domain import DomainParticipant
             from cyclonedds.pub import DataWriter
             from cyclonedds.sub import DataReader
             from cyclonedds.topic import Topic
-            from cyclonedds.util import duration
 
             from runtime.dds.messages import String
         except ImportError as exc:
@@ -33,7 +31,7 @@ class DdsInstructionListener:
                                  "or set instruction.control: udp") from exc
         self.box, self.validate, self.topic = box, validate, topic
         self.status_topic = topic.rstrip("/") + STATUS_SUFFIX
-        qos = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)), Policy.History.KeepLast(10))
+        qos = instruction_qos()
         self._participant = DomainParticipant(domain_id())
         where = "instruction.ros2_topic"
         self._reader: Any = DataReader(self._participant, Topic(self._participant, dds_topic(topic, where), String,

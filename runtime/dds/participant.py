@@ -29,6 +29,14 @@ def dds_topic(ros_topic: str, what: str) -> str:
     return "rt/" + ros_topic.lstrip("/")
 
 
+def instruction_qos() -> Any:
+    """Instructions: reliable, keep last 10 (what a ROS 2 publisher's default QoS matches)."""
+    from cyclonedds.core import Policy, Qos
+    from cyclonedds.util import duration
+
+    return Qos(Policy.Reliability.Reliable(duration(milliseconds=100)), Policy.History.KeepLast(10))
+
+
 def command_qos() -> Any:
     """Commands: reliable, keep last 1 (a late command is worth nothing; the newest replaces it)."""
     from cyclonedds.core import Policy, Qos
