@@ -13,8 +13,10 @@ STUBS := .cache/typestubs
 # missing.
 GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gir1.2-gstreamer-1.0 \
 	gir1.2-gst-plugins-base-1.0 libgirepository1.0-dev libcairo2-dev pkg-config
+# Test streams only (H.264 encode/decode, an RTSP server on 127.0.0.1): tests/runtime/test_gstreamer_*.py
+GST_TEST_PACKAGES := gstreamer1.0-libav gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0
 DEPLOY_PACKAGES := systemd   # systemd-analyze verify in tests/deploy (works without a running systemd)
-SYSTEM_PACKAGES := $(GST_PACKAGES) $(DEPLOY_PACKAGES)
+SYSTEM_PACKAGES := $(GST_PACKAGES) $(GST_TEST_PACKAGES) $(DEPLOY_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -25,9 +25,11 @@ from runtime.config import (
     CONTROL_KINDS,
     RUNTIME_PRECISIONS,
     SCHEDULE_MODES,
+    V4L2_FORMATS,
     RuntimeConfig,
     SourceConfig,
     config_as_dict,
+    with_overrides,
     with_section,
 )
 from runtime.config_file import load_config
@@ -36,11 +38,12 @@ from runtime.host import ClockStatus, jetson_clocks
 from runtime.loop import LOOP_STAGES
 from runtime.paths import default_bundle_dir
 from runtime.pipeline import StepResult
+from runtime.ros.args import RosArgs, split_ros_args
 from runtime.score_episodes import score_runs
 from runtime.sinks.base import VelocityCommand
 from runtime.sinks.dispatch import SINK_FORMS
 from runtime.sources.base import CaptureResult
-from runtime.sources.spec import FLIP_NAMES, SOURCE_FORMS, flip_method
+from runtime.sources.spec import FLIP_NAMES, SOURCE_FORMS, V4l2Spec, flip_method
 from runtime.wiring import MEMORY_GUARD_EXIT, run_policy
 
 log = logging.getLogger("runtime")
@@ -51,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="runtime",
         description="Run a Mobile VLA bundle on the robot: frames -> vision -> trunk -> head -> schedule -> safety -> "
                     "velocity commands to the sinks. Settings come from --config (else /etc/mobile-vla/runtime.yaml, "
-                    "else built-in defaults); flags override them. Every setting: docs/runtime.md.",
+                    "else built-in defaults); flags override them. As a ROS 2 node it also takes --ros-args "
+                    "(-r __ns:=/robot1, -r cmd_vel:=TOPIC, -p KEY:=VALUE for any config key, --params-file, "
+                    "--log-level) after its own flags. Every setting: docs/runtime.md.",
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML config file (default: "
                         "/etc/mobile-vla/runtime.yaml when it exists, else built-in defaults)")
@@ -72,11 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"frame source: {SOURCE_FORMS} (default: config source.spec, `synthetic`)")
     camera = parser.add_argument_group("camera (jetson-utils' names; config `source`)")
     camera.add_argument("--input-width", type=int, default=None, metavar="PX",
-                        help="csi/test: sensor mode width (config source.sensor_mode)")
+                        help="csi/test: sensor mode width; v4l2: the width asked of the camera (config "
+                             "source.sensor_mode)")
     camera.add_argument("--input-height", type=int, default=None, metavar="PX",
-                        help="csi/test: sensor mode height (config source.sensor_mode)")
-    camera.add_argument("--input-rate", type=int, default=None, metavar="FPS", help="csi/test: frame rate "
+                        help="csi/test: sensor mode height; v4l2: the height asked of the camera (config "
+                             "source.sensor_mode)")
+    camera.add_argument("--input-rate", type=int, default=None, metavar="FPS", help="csi/test/v4l2: frame rate "
                         "(config source.fps)")
+    camera.add_argument("--input-codec", choices=V4L2_FORMATS, default=None,
+                        help="v4l2: capture raw, mjpeg or h264; auto (default) picks from the camera's caps: raw when "
+                             "it reaches the size and rate, else mjpeg, else h264 (config source.v4l2_format; "
+                             "rtp:// takes ?codec= instead)")
     camera.add_argument("--input-flip", choices=FLIP_NAMES, default=None,
                         help="flip/rotate as jetson-utils does, including its swap of none and rotate-180 on CSI "
                              "cameras (config source.flip_method holds nvvidconv's 0-7 numbering)")
@@ -128,8 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def effective_config(args: argparse.Namespace) -> RuntimeConfig:
-    """The config file, then the flags on top."""
+    """The config file, then `--ros-args` (remaps, `-p` parameters), then the flags on top."""
     config = load_config(args.config)
+    ros: RosArgs | None = getattr(args, "ros", None)
+    if ros is not None:
+        config = with_overrides(config, ros.config_overrides(), "--ros-args")
     quiet = args.benchmark or args.score
     sinks = args.sink if args.sink is not None else ([] if quiet else list(config.sinks))
     config = replace(
@@ -150,13 +164,16 @@ def effective_config(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def camera_flags(args: argparse.Namespace, source: SourceConfig) -> dict[str, Any]:
-    """The `--input-width/height/rate/flip` flags as `source` keys (None where not given)."""
+    """The `--input-width/height/rate/flip/codec` flags as `source` keys (None where not given)."""
     width, height = source.sensor_mode
     mode = None if args.input_width is None and args.input_height is None else (
         width if args.input_width is None else args.input_width, height if args.input_height is None else
         args.input_height)
     flip = None if args.input_flip is None else flip_method(args.input_flip, source.parsed)
-    return {"sensor_mode": mode, "fps": args.input_rate, "flip_method": flip}
+    if args.input_codec is not None and not isinstance(source.parsed, V4l2Spec):
+        raise MobileVLAError(f"--input-codec {args.input_codec}: applies to v4l2 cameras (config source.v4l2_format), "
+                             f"not to source {source.spec!r}; an rtp:// source takes ?codec=h264|h265|mjpeg")
+    return {"sensor_mode": mode, "fps": args.input_rate, "flip_method": flip, "v4l2_format": args.input_codec}
 
 
 def record_json(got: CaptureResult, result: StepResult, command: VelocityCommand | None,
@@ -287,5 +304,23 @@ class AllocationTrace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli("runtime", args.verbose, lambda: run(args))
+    own, ros = split_ros_args_or_exit(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own)
+    args.ros = ros
+    level = ros.log_level if ros is not None else None
+    verbose = args.verbose or level == logging.DEBUG
+
+    def body() -> int:
+        if level is not None and not verbose:
+            logging.getLogger().setLevel(level)
+        return run(args)
+
+    return run_cli("runtime", verbose, body)
+
+
+def split_ros_args_or_exit(argv: list[str]) -> tuple[list[str], RosArgs | None]:
+    """`split_ros_args`, with a bad ROS argument reported as argparse reports a bad flag (usage, exit 2)."""
+    try:
+        return split_ros_args(argv)
+    except MobileVLAError as exc:
+        build_parser().error(str(exc))

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from runtime.errors import MobileVLAError
 from runtime.prompt import OVER_LONG
+from runtime.ros import names as ros_names
 from runtime.settings import (
     Axes,
     Checked,
@@ -37,6 +38,8 @@ RUNTIME_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 SCHEDULE_MODES = ("chunk0", "ensemble", "async")
 CONTROL_KINDS = ("auto", "ros2", "dds", "udp", "none")
 MONITOR_SOURCES = ("auto", "jtop", "tegrastats", "proc")
+V4L2_FORMATS = ("auto", "raw", "mjpeg", "h264")  # what a v4l2 camera is captured as (runtime/sources/gstreamer/v4l2.py)
+DIAGNOSTICS = ("auto", "on", "off")  # ros2.diagnostics: auto publishes when the runtime already speaks DDS
 # Upper bounds. Every number must be finite: `frame_deadline_s: .inf` would switch the deadman off.
 MAX_OUTPUT_SCALE = 10.0  # the team's server used 1.15; a larger gain is a typo, not a tuning
 MAX_VELOCITY = 10.0  # m/s or rad/s: far above any small mobile base
@@ -68,6 +71,8 @@ class SourceConfig(Checked):
     healthy_run_s: float = setting(30.0, Number(0.0, MAX_TIMEOUT_S, exclusive_low=True))
     file_sync: bool = setting(True, flag)  # file: play at the file's own rate (like a camera); false: as fast as read
     file_loop: bool = setting(False, flag)
+    # v4l2: auto picks from the camera's caps (raw at sensor_mode and fps, else MJPEG, else H.264); else forced
+    v4l2_format: str = setting("auto", Choice(V4L2_FORMATS))
 
     def check(self) -> None:
         if self.backoff_max_s < self.backoff_s:
@@ -90,7 +95,7 @@ class InstructionConfig(Checked):
     control: str = setting("auto", Choice(CONTROL_KINDS))  # how instructions change at run time
     udp_host: str = setting("127.0.0.1", Text())
     udp_port: int = setting(5610, Number(1, 65535, integer=True))
-    ros2_topic: str = setting("/mobile_vla/instruction", Text())
+    ros2_topic: str = setting("mobile_vla/instruction", Text())  # relative: in ros2.namespace
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,48 @@ class MonitorConfig(Checked):
                                f"before the guard stops the robot")
 
 
+def ros_namespace(key: str, value: Any) -> str:
+    return ros_names.check_namespace(str(Text()(key, value)), f"config key `{key}`")
+
+
+def ros_node_name(key: str, value: Any) -> str:
+    return ros_names.check_node_name(str(Text()(key, value)), f"config key `{key}`")
+
+
+def ros_remaps(key: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise config_error(key, value, "a mapping of topic to topic, e.g. {cmd_vel: /robot1/cmd_vel}")
+    return {ros_names.check_topic(k, f"config key `{key}`"): ros_names.check_topic(v, f"config key `{key}.{k}`")
+            for k, v in value.items()}
+
+
+def on_off_auto(key: str, value: Any) -> str:
+    """auto | on | off; YAML (and ROS parameters) read a bare on/off as true/false, so those mean on/off too."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return Choice(DIAGNOSTICS)(key, value)
+
+
+@dataclass(frozen=True)
+class Ros2Config(Checked):
+    """The ROS 2 node the runtime is (rclpy and Cyclone DDS alike): `--ros-args -r __ns:=/robot1` and `-r FROM:=TO`
+    set these (runtime/ros/)."""
+
+    SECTION: ClassVar[str] = "ros2"
+    node_name: str = setting(ros_names.DEFAULT_NODE_NAME, ros_node_name)
+    namespace: str = setting("/", ros_namespace)  # relative topics (the defaults) live in it
+    remaps: dict[str, str] = setting({}, ros_remaps)
+    # diagnostic_msgs/DiagnosticArray on /diagnostics at 1 Hz through Cyclone DDS; auto: when a dds sink, a dds:
+    # source or instruction.control: dds already uses DDS
+    diagnostics: str = setting("auto", on_off_auto)
+
+    @property
+    def names(self) -> ros_names.RosNames:
+        return ros_names.RosNames(self.node_name, self.namespace, self.remaps)
+
+
 @dataclass(frozen=True)
 class RuntimeConfig(Checked):
     bundle: Path | None = setting(None, optional_path)  # None: $MOBILE_VLA_BUNDLE or ~/.cache/mobile-vla/bundle
@@ -151,6 +198,7 @@ class RuntimeConfig(Checked):
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    ros2: Ros2Config = field(default_factory=Ros2Config)
     origin: str = "built-in defaults"  # where this config came from (for the log)
 
 
@@ -160,6 +208,7 @@ SECTIONS: dict[str, type[Checked]] = {
     "schedule": ScheduleConfig,
     "safety": SafetyConfig,
     "monitor": MonitorConfig,
+    "ros2": Ros2Config,
 }
 
 
@@ -195,6 +244,21 @@ def config_as_dict(config: RuntimeConfig) -> dict[str, object]:
     data["source"]["sensor_mode"] = list(config.source.sensor_mode)
     data.pop("origin")
     return data
+
+
+def with_overrides(config: RuntimeConfig, overrides: dict[str, Any], origin: str) -> RuntimeConfig:
+    """`config` with the keys of `overrides` (a config file's shape, e.g. from `--ros-args -p`) on top, checked as a
+    file is."""
+    return parse_config(merged(config_as_dict(config), overrides), f"{config.origin} + {origin}")
+
+
+def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` on top, mappings merged key by key (a section, `ros2.remaps`, `safety.max_velocity`)."""
+    out = dict(base)
+    for key, value in update.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
 
 
 def with_section(config: RuntimeConfig, section: str, **changes: Any) -> RuntimeConfig:

@@ -9,8 +9,9 @@ say the same thing and the robot keeps its current instruction. Listeners:
   (`{"instruction": null}` clears it: the robot stops until the next one) or plain UTF-8 text. Each datagram is
   answered to the sender with `{"ok": true, "instruction": TEXT|null}` (plus `"warning": ...` when the prompt was
   truncated, `over_long: truncate`) or `{"ok": false, "error": REASON, "instruction": THE KEPT ONE|null}`.
-- ROS 2 (when rclpy imports): `std_msgs/String` on a topic (default `/mobile_vla/instruction`); an empty string
-  clears the instruction. The same JSON as the UDP reply is published as `std_msgs/String` on `TOPIC/status`.
+- ROS 2 (when rclpy imports; or through Cyclone DDS, `instruction.control: dds`): `std_msgs/String` on a topic
+  (default `mobile_vla/instruction` in the node's namespace, runtime/ros/names.py); an empty string clears it.
+  The same JSON as the UDP reply is published as `std_msgs/String` on `TOPIC/status`.
 A rejected instruction logs one warning, `instruction 'TEXT' from ORIGIN rejected, keeping 'CURRENT': REASON`.
 """
 
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.config import InstructionConfig
 from runtime.errors import MobileVLAError
+from runtime.ros.names import RosNames
 
 if TYPE_CHECKING:
     from runtime.prompt import PromptEncoder
@@ -171,12 +173,15 @@ class UdpInstructionListener:
 class Ros2InstructionListener:
     """std_msgs/String on a topic, spun on its own thread (rclpy imported lazily); status JSON on TOPIC/status."""
 
-    def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None) -> None:
+    def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None,
+                 names: RosNames | None = None) -> None:
         rclpy, string_type = import_rclpy_string()
+        names = names or RosNames()
+        topic = names.resolve(topic, "instruction.ros2_topic")
         if not rclpy.ok():
             rclpy.init()
         self._rclpy = rclpy
-        self._node = rclpy.create_node("mobile_vla_instruction")
+        self._node = rclpy.create_node(f"{names.node_name}_instruction", namespace=names.namespace)
         self.status_topic = topic.rstrip("/") + STATUS_SUFFIX
         status = self._node.create_publisher(string_type, self.status_topic, 10)
         callback = ros2_callback(box, validate, topic, lambda text: status.publish(string_type(data=text)))
@@ -234,8 +239,8 @@ class Listener(Protocol):
     def close(self) -> None: ...
 
 
-def open_listener(config: InstructionConfig, box: InstructionBox,
-                  validate: Validator | None = None) -> Listener | None:
+def open_listener(config: InstructionConfig, box: InstructionBox, validate: Validator | None = None,
+                  names: RosNames | None = None) -> Listener | None:
     """The listener the config asks for (auto: ROS 2 when rclpy imports, else UDP), not started yet; `validate`
     (see `encoder_validator`) refuses what the pipeline would refuse before it reaches the box."""
     kind = config.control
@@ -244,9 +249,9 @@ def open_listener(config: InstructionConfig, box: InstructionBox,
     if kind == "none":
         return None
     if kind == "ros2":
-        return Ros2InstructionListener(box, config.ros2_topic, validate)
+        return Ros2InstructionListener(box, config.ros2_topic, validate, names)
     if kind == "dds":
         from runtime.dds.instructions import DdsInstructionListener  # Cyclone DDS only when asked for
 
-        return DdsInstructionListener(box, config.ros2_topic, validate)
+        return DdsInstructionListener(box, config.ros2_topic, validate, names)
     return UdpInstructionListener(box, config.udp_host, config.udp_port, validate)

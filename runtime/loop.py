@@ -24,6 +24,7 @@ import numpy as np
 from runtime.benchmark import StageRecorder
 from runtime.config import RuntimeConfig
 from runtime.control import InstructionBox
+from runtime.diagnostics import LoopStatus
 from runtime.errors import MobileVLAError
 from runtime.notify import SystemdNotifier
 from runtime.pipeline import PolicyPipeline, StepResult
@@ -103,6 +104,9 @@ class RuntimeLoop:
         self._timings = dict.fromkeys(LOOP_STAGES, 0.0)
         self._has_instruction = True
         self._sink_recovered = threading.Event()
+        self._frames_run = 0  # for status(): written by the loop thread only
+        self._last_frame_at: float | None = None
+        self._last_latency_ms: float | None = None
 
     # -- stopping -------------------------------------------------------------------------------------------------
     def request_stop(self, reason: str, code: int = 0, zero_reason: str = SHUTDOWN) -> None:
@@ -116,6 +120,12 @@ class RuntimeLoop:
         """A sink works again (called on its thread): the next command is a zero for every sink, then ramp up."""
         log.warning("sink %s recovered; restarting from zero velocity", name)
         self._sink_recovered.set()
+
+    def status(self) -> LoopStatus:
+        """What the loop is doing now, for `/diagnostics` (read from another thread: plain attribute reads)."""
+        return LoopStatus(self._frames_run, self._last_frame_at, self._last_latency_ms, self.safety.holding,
+                          dict(self.safety.stops), self.pipeline.backend.name, self.source.description,
+                          self.pipeline.instruction if self._has_instruction else None)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -139,10 +149,11 @@ class RuntimeLoop:
                     if time.monotonic() - last_frame > self.config.safety.frame_deadline_s:
                         self._deadman(STALE_FRAME)
                     continue
-                last_frame = got.capture_time
+                last_frame = self._last_frame_at = got.capture_time
                 if not self._frame(got, t0, t1):
                     continue
                 frames += 1
+                self._frames_run = frames
                 if frames == self.warmup:  # warm-up done: time from here
                     started = time.perf_counter()
                     if self.recorder is not None:
@@ -247,6 +258,7 @@ class RuntimeLoop:
         if self._sink_recovered.is_set():
             self._sink_recovered.clear()
             return self.safety.stop(SINK_RECOVERED, now)
+        self._last_latency_ms = latency * 1e3
         if latency > self.config.safety.max_latency_s:
             return self.safety.stop(OVERRUN, now)
         return self.safety.command(velocity, now, latency * 1e3)
@@ -293,7 +305,8 @@ class RuntimeLoop:
             elif velocity is None or now - capture_time > deadline:
                 command = self.safety.stop(STALE_FRAME, now)
             else:
-                command = self.safety.command(velocity, now, (now - capture_time) * 1e3)
+                self._last_latency_ms = (now - capture_time) * 1e3
+                command = self.safety.command(velocity, now, self._last_latency_ms)
             self.sinks.publish(command)
             next_tick += period
             delay = next_tick - time.monotonic()

@@ -77,6 +77,11 @@ class SafetyLayer:
             self._stopped_for = ""
         return self._make(target, False, "", latency_ms)
 
+    @property
+    def holding(self) -> str:
+        """The reason of the zero the robot is held at; "" while policy commands flow."""
+        return self._stopped_for
+
     def stop(self, reason: str, now: float) -> VelocityCommand:
         """A zero command; the next `command()` ramps up from zero."""
         self._last = [0.0] * len(self.axes)

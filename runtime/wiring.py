@@ -54,9 +54,10 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
         pipeline = PolicyPipeline(bundle, backend, instruction, output_settings(config, bundle),
                                   config.instruction.over_long)
         box = InstructionBox(instruction)
+        names = config.ros2.names
         source = open_source(config.source, manifest.preprocessing, frames, require_actions,
-                             manifest.policy.action_dim)
-        sinks = SinkSet([open_sink(spec) for spec in config.sinks])
+                             manifest.policy.action_dim, names)
+        sinks = SinkSet([open_sink(spec, names) for spec in config.sinks])
         replay_instructions = config.source.parsed.kind == "h5" and config.instruction.text is None
         notifier = SystemdNotifier()
         stack.callback(notifier.close)
@@ -68,7 +69,7 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
         # arrives during the start-up below makes the loop stop before its first frame.
         stack.enter_context(stop_on_signals(loop.request_stop))
         sinks.start()
-        listener = open_listener(config.instruction, box, encoder_validator(pipeline.encoder))
+        listener = open_listener(config.instruction, box, encoder_validator(pipeline.encoder), names)
         if listener is not None:
             stack.callback(listener.close)
             listener.start()
@@ -78,6 +79,12 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
                                                                                       MEMORY_GUARD))
             stack.enter_context(monitor)
             loop.health = lambda: memory_status(monitor)
+        if wants_diagnostics(config):
+            from runtime.dds.diagnostics import DdsDiagnostics  # Cyclone DDS only when asked for
+
+            diagnostics = DdsDiagnostics(loop.status, lambda: None if monitor is None else monitor.latest, config)
+            stack.callback(diagnostics.close)
+            diagnostics.start()
         stack.callback(source.stop)
         source.start()
         log.info("running %s on %s (%s schedule, sinks: %s)", bundle.root, source.description,
@@ -87,6 +94,15 @@ def run_policy(config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend, ar
             monitor_summary = monitor.summary()
     log.info("stopped: %s after %d frames; %s", result.exit_reason, result.frames, zero_summary(result.stops))
     return result, monitor_summary
+
+
+def wants_diagnostics(config: RuntimeConfig) -> bool:
+    """`ros2.diagnostics`: on, off, or auto: when the runtime already speaks DDS (a dds sink, a dds: source,
+    instruction.control: dds)."""
+    if config.ros2.diagnostics != "auto":
+        return config.ros2.diagnostics == "on"
+    return (any(spec.startswith("dds") for spec in config.sinks) or config.source.parsed.kind == "topic"
+            or config.instruction.control == "dds")
 
 
 def memory_status(monitor: HealthMonitor) -> str:

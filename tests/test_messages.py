@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from runtime.config import SECTIONS, RuntimeConfig
+from runtime.ros.args import ROS_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("runtime", "build_engines", "calibration")
@@ -21,7 +22,7 @@ OTHER_TOOLS = {
     "--runtime": "docker run",
 }
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
-KEY = re.compile(r"(?<![\w./])(source|instruction|schedule|safety|monitor)\.(?!py\b)([a-z_]+)\b")  # not monitor.py
+KEY = re.compile(r"(?<![\w./])(source|instruction|schedule|safety|monitor|ros2)\.(?!py\b)([a-z_]+)\b")  # not monitor.py
 
 
 def literals() -> list[tuple[Path, str]]:
@@ -46,7 +47,7 @@ def defined_flags() -> set[str]:
 
 
 def test_every_flag_named_in_a_message_exists() -> None:
-    known = defined_flags() | set(OTHER_TOOLS)
+    known = defined_flags() | set(OTHER_TOOLS) | set(ROS_FLAGS)
     unknown = {(str(path), flag) for path, text in literals() for flag in FLAG.findall(text) if flag not in known}
     assert not unknown, sorted(unknown)
 

@@ -12,13 +12,15 @@ from typing import Any
 from runtime.control import STATUS_SUFFIX, InstructionBox, Validator, receive
 from runtime.dds.participant import dds_topic, domain_id, instruction_qos
 from runtime.errors import MobileVLAError
+from runtime.ros.names import RosNames
 
 log = logging.getLogger("runtime.control")
 POLL_S = 0.05  # how often the listener looks for new instructions
 
 
 class DdsInstructionListener:
-    def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None) -> None:
+    def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None,
+                 names: RosNames | None = None) -> None:
         try:
             from cyclonedds.domain import DomainParticipant
             from cyclonedds.pub import DataWriter
@@ -29,15 +31,17 @@ class DdsInstructionListener:
         except ImportError as exc:
             raise MobileVLAError("instruction.control: dds needs Cyclone DDS's Python binding: pip install '.[dds]'; "
                                  "or set instruction.control: udp") from exc
-        self.box, self.validate, self.topic = box, validate, topic
-        self.status_topic = topic.rstrip("/") + STATUS_SUFFIX
+        names = names or RosNames()
+        where = "instruction.ros2_topic"
+        self.box, self.validate = box, validate
+        self.topic, reader_topic = dds_topic(names, topic, where)
+        self.status_topic, status_topic = dds_topic(names, self.topic + STATUS_SUFFIX, where)
         qos = instruction_qos()
         self._participant = DomainParticipant(domain_id())
-        where = "instruction.ros2_topic"
-        self._reader: Any = DataReader(self._participant, Topic(self._participant, dds_topic(topic, where), String,
-                                                                qos=qos), qos=qos)
-        self._status: Any = DataWriter(self._participant, Topic(self._participant, dds_topic(self.status_topic, where),
-                                                                String, qos=qos), qos=qos)
+        self._reader: Any = DataReader(self._participant, Topic(self._participant, reader_topic, String, qos=qos),
+                                       qos=qos)
+        self._status: Any = DataWriter(self._participant, Topic(self._participant, status_topic, String, qos=qos),
+                                       qos=qos)
         self._string = String
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="instruction-dds", daemon=True)

@@ -6,7 +6,7 @@ the CDR on the wire is what a ROS 2 node publishes and expects (plain, final str
 from dataclasses import dataclass
 
 from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.types import float64, int32, uint32
+from cyclonedds.idl.types import byte, float64, int32, sequence, uint32
 
 
 @dataclass
@@ -49,3 +49,24 @@ def ros_time(seconds: float) -> Time:
 @dataclass
 class String(IdlStruct, typename="std_msgs::msg::dds_::String_"):
     data: str
+
+
+@dataclass
+class KeyValue(IdlStruct, typename="diagnostic_msgs::msg::dds_::KeyValue_"):
+    key: str
+    value: str
+
+
+@dataclass
+class DiagnosticStatus(IdlStruct, typename="diagnostic_msgs::msg::dds_::DiagnosticStatus_"):
+    level: byte  # OK 0, WARN 1, ERROR 2, STALE 3
+    name: str
+    message: str
+    hardware_id: str
+    values: sequence[KeyValue]  # type: ignore[type-arg]  # an IDL annotation, not a typing generic
+
+
+@dataclass
+class DiagnosticArray(IdlStruct, typename="diagnostic_msgs::msg::dds_::DiagnosticArray_"):
+    header: Header
+    status: sequence[DiagnosticStatus]  # type: ignore[type-arg]  # an IDL annotation, not a typing generic

@@ -1,16 +1,15 @@
-"""The DDS side of ROS 2: the domain (`ROS_DOMAIN_ID`, default 0), ROS 2's topic naming (a ROS topic `/ns/name` is
-the DDS topic `rt/ns/name`), and the QoS ROS 2 drivers expect. Discovery and interfaces come from Cyclone DDS's own
+"""The DDS side of ROS 2: the domain (`ROS_DOMAIN_ID`, default 0), ROS 2's topic naming (a ROS topic, resolved
+with the node's namespace and remaps by runtime/ros/names.py to `/ns/name`, is the DDS topic `rt/ns/name`), and the
+QoS ROS 2 drivers expect. Discovery and interfaces come from Cyclone DDS's own
 configuration (`CYCLONEDDS_URI`); the tests pin it to loopback unicast with multicast off."""
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from runtime.errors import MobileVLAError
-
-ROS_TOPIC = re.compile(r"^/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
+from runtime.ros.names import RosNames
 
 
 def domain_id(environ: dict[str, str] | None = None) -> int:
@@ -21,12 +20,27 @@ def domain_id(environ: dict[str, str] | None = None) -> int:
     return int(text)
 
 
-def dds_topic(ros_topic: str, what: str) -> str:
-    """`/cmd_vel` -> `rt/cmd_vel` (ROS 2's prefix for topics; relative names are taken from the root namespace)."""
-    if not ROS_TOPIC.match(ros_topic):
-        raise MobileVLAError(f"{what}: {ros_topic!r} is not a ROS 2 topic name; expected e.g. /cmd_vel or "
-                             f"/robot1/cmd_vel (letters, digits, underscores, separated by /)")
-    return "rt/" + ros_topic.lstrip("/")
+def dds_topic(names: RosNames, ros_topic: str, what: str) -> tuple[str, str]:
+    """(the resolved ROS topic, its DDS topic): `cmd_vel` in namespace /robot1 -> (`/robot1/cmd_vel`,
+    `rt/robot1/cmd_vel`), ROS 2's prefix for topics."""
+    resolved = names.resolve(ros_topic, what)
+    return resolved, "rt" + resolved
+
+
+def sensor_qos() -> Any:
+    """Images: best effort, keep last 1 (ROS 2's sensor-data profile; a best-effort reader also matches a reliable
+    camera driver, and only the newest frame matters)."""
+    from cyclonedds.core import Policy, Qos
+
+    return Qos(Policy.Reliability.BestEffort, Policy.History.KeepLast(1), Policy.Durability.Volatile)
+
+
+def diagnostics_qos() -> Any:
+    """/diagnostics: reliable, keep last 10 (what diagnostic_updater publishes with)."""
+    from cyclonedds.core import Policy, Qos
+    from cyclonedds.util import duration
+
+    return Qos(Policy.Reliability.Reliable(duration(milliseconds=100)), Policy.History.KeepLast(10))
 
 
 def instruction_qos() -> Any:

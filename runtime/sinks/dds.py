@@ -1,6 +1,7 @@
-"""`dds[:TOPIC][?stamped&frame_id=ID]`: geometry_msgs/Twist (or TwistStamped) on a ROS 2 topic (default /cmd_vel)
-through Cyclone DDS, with no ROS install (runtime/dds/). TwistStamped carries the frame's capture time (the
-command's stamp less its capture-to-command latency) and `frame_id` (default base_link)."""
+"""`dds[:TOPIC][?stamped&frame_id=ID]`: geometry_msgs/Twist (or TwistStamped) on a ROS 2 topic (default cmd_vel,
+in the node's namespace, remappable: runtime/ros/names.py) through Cyclone DDS, with no ROS install (runtime/dds/).
+TwistStamped carries the frame's capture time (the command's stamp less its capture-to-command latency) and
+`frame_id` (default base_link)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import MobileVLAError
+from runtime.ros.names import RosNames
 from runtime.sinks.base import VelocityCommand
 
 DEFAULT_FRAME_ID = "base_link"
@@ -17,7 +19,7 @@ DDS_HINT = ("the dds sink needs Cyclone DDS's Python binding: pip install '.[dds
 
 @dataclass(frozen=True)
 class DdsSinkSpec:
-    topic: str = "/cmd_vel"
+    topic: str = "cmd_vel"
     stamped: bool = False
     frame_id: str = DEFAULT_FRAME_ID
 
@@ -34,17 +36,17 @@ def parse_dds(spec: str, rest: str) -> DdsSinkSpec:
         else:
             raise MobileVLAError(f"sink {spec!r}: {item!r} is not a setting of the dds sink; expected "
                                  f"dds[:TOPIC][?stamped&frame_id=ID]")
-    return DdsSinkSpec(topic or "/cmd_vel", stamped, frame_id)
+    return DdsSinkSpec(topic or "cmd_vel", stamped, frame_id)
 
 
 class DdsSink:
     """A DDS writer of Twist/TwistStamped on the ROS 2 topic, reliable, keep last 1."""
 
-    def __init__(self, spec: DdsSinkSpec) -> None:
+    def __init__(self, spec: DdsSinkSpec, names: RosNames | None = None) -> None:
         from runtime.dds.participant import command_qos, dds_topic, domain_id
 
-        name = f"dds:{spec.topic}"
-        topic_name = dds_topic(spec.topic, f"sink {name}")
+        resolved, topic_name = dds_topic(names or RosNames(), spec.topic, f"sink dds:{spec.topic}")
+        name = f"dds:{resolved}"
         try:
             from cyclonedds.domain import DomainParticipant
             from cyclonedds.pub import DataWriter

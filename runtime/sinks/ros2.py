@@ -1,4 +1,5 @@
-"""`ros2[:TOPIC]`: geometry_msgs/Twist on TOPIC (default /cmd_vel), node `mobile_vla_runtime`.
+"""`ros2[:TOPIC]`: geometry_msgs/Twist on TOPIC (default cmd_vel, resolved with the node's namespace and remaps,
+runtime/ros/names.py) from the node `ros2.node_name` (default mobile_vla_runtime) in `ros2.namespace`, via rclpy.
 """
 
 from __future__ import annotations
@@ -6,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.errors import MobileVLAError
+from runtime.ros.names import RosNames
 from runtime.sinks.base import VelocityCommand
 
-DEFAULT_ROS_TOPIC = "/cmd_vel"
-ROS_NODE_NAME = "mobile_vla_runtime"
+DEFAULT_ROS_TOPIC = "cmd_vel"
 ROS_HINT = (
     "ROS 2 sink needs rclpy: source /opt/ros/<distro>/setup.bash (e.g. humble on JetPack 6) in the shell or "
     "service that starts the runtime, or run it in a ROS 2 container; other sinks: udp:HOST:PORT, serial:DEVICE"
@@ -17,9 +18,11 @@ ROS_HINT = (
 
 
 class Ros2Sink:
-    """geometry_msgs/Twist on a topic from node `mobile_vla_runtime`, in its own rclpy context."""
+    """geometry_msgs/Twist on a topic from the runtime's node, in its own rclpy context."""
 
-    def __init__(self, topic: str = DEFAULT_ROS_TOPIC) -> None:
+    def __init__(self, topic: str = DEFAULT_ROS_TOPIC, names: RosNames | None = None) -> None:
+        names = names or RosNames()
+        topic = names.resolve(topic, f"sink ros2:{topic}")
         try:
             import rclpy
             import rclpy.context
@@ -42,7 +45,7 @@ class Ros2Sink:
         self._node: Any = None
         try:
             rclpy.init(**init_args)
-            self._node = rclpy.create_node(ROS_NODE_NAME, context=self._context)
+            self._node = rclpy.create_node(names.node_name, namespace=names.namespace, context=self._context)
             self._publisher = self._node.create_publisher(Twist, topic, 10)
         except Exception as exc:  # InvalidTopicNameException, rmw/DDS errors: the user's topic or ROS setup
             self.close()

@@ -117,7 +117,7 @@ def test_twist_stamped_carries_the_capture_time_and_frame_id() -> None:
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("dds:cmd vel", r"'cmd vel' is not a ROS 2 topic name; expected e.g. /cmd_vel"),
+    ("dds:cmd vel", r"'cmd vel' is not a ROS 2 topic name; expected e.g. cmd_vel, /robot1/cmd_vel"),
     ("dds:/cmd_vel?stamp", r"'stamp' is not a setting of the dds sink; expected "
                            r"dds\[:TOPIC\]\[\?stamped&frame_id=ID\]"),
     ("dds:/cmd_vel?frame_id=", r"'frame_id=' is not a setting of the dds sink"),
