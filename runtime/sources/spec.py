@@ -3,7 +3,9 @@
 - `csi[:SENSOR_ID]`, `v4l2:/dev/videoN`, `file:PATH`, `rtsp://…`, `rtp://…`, `test`, `gst:DESCRIPTION`: GStreamer
   captures (runtime/sources/gstreamer/), also in jetson-utils' spellings (`csi://0`, `v4l2:///dev/video0`,
   `/dev/video0`, `file://video.mp4`);
-- `synthetic` (a generated scene) and `h5:PATH` (recorded episodes): replays (runtime/sources/replay.py).
+- `synthetic` (a generated scene) and `h5:PATH` (recorded episodes): replays (runtime/sources/replay.py);
+- `dds:TOPIC`: a ROS 2 image topic (sensor_msgs/Image, or CompressedImage when TOPIC ends in `/compressed`),
+  through Cyclone DDS (runtime/sources/topic.py).
 
 Every spec has `kind`, `arg` (sensor id, device, path or description; "" where there is none) and `label` (the spec
 as the user wrote it, for messages).
@@ -19,7 +21,7 @@ from runtime.errors import MobileVLAError
 
 SOURCE_FORMS = ("`csi[:SENSOR_ID]` (or `csi://N`), `v4l2:/dev/videoN` (or `v4l2:///dev/videoN`, `/dev/videoN`), "
                 "`file:PATH` (or `file://PATH`), `rtsp://HOST[:PORT]/PATH`, `rtp://@:PORT[?codec=h264|h265|mjpeg]`, "
-                "`test`, `gst:DESCRIPTION`, `synthetic` or `h5:PATH`")
+                "`test`, `gst:DESCRIPTION`, `dds:IMAGE_TOPIC` (a ROS 2 image topic), `synthetic` or `h5:PATH`")
 CAPTURE_FORMS = ("csi[:SENSOR_ID] (csi://N), v4l2:/dev/videoN (v4l2:///dev/videoN, /dev/videoN), file:PATH "
                  "(file://PATH), rtsp://HOST[:PORT]/PATH, rtp://@:PORT[?codec=...], test or gst:DESCRIPTION")
 RTP_CODECS = ("h264", "h265", "mjpeg")
@@ -129,9 +131,23 @@ class RtpSpec:
         return f"{self.host or '@'}:{self.port}"
 
 
+@dataclass(frozen=True)
+class TopicSpec:
+    """A ROS 2 image topic: sensor_msgs/Image, or CompressedImage (`compressed`, image_transport's `/compressed`)."""
+
+    kind: ClassVar[str] = "topic"
+    topic: str
+    compressed: bool
+    label: str
+
+    @property
+    def arg(self) -> str:
+        return self.topic
+
+
 CaptureSpec = CsiSpec | V4l2Spec | FileSpec | TestSpec | GstSpec | RtspSpec | RtpSpec
 ReplaySpec = SyntheticSpec | H5Spec
-SourceSpec = CaptureSpec | ReplaySpec
+SourceSpec = CaptureSpec | ReplaySpec | TopicSpec
 
 
 def _after(spec: str, prefix: str) -> str:
@@ -147,9 +163,20 @@ def parse_source(spec: str) -> SourceSpec:
         return SyntheticSpec()
     if spec.startswith("h5:"):
         return H5Spec(Path(spec[3:]), spec)
+    if spec.startswith("dds:"):
+        return parse_topic(spec)
     if spec in ("csi", "test") or spec.startswith(CAPTURE_PREFIXES):
         return parse_capture(spec)
     raise MobileVLAError(f"unknown source {spec!r}; expected {SOURCE_FORMS}")
+
+
+def parse_topic(spec: str) -> TopicSpec:
+    """`dds:TOPIC[?compressed]`; a topic ending in `/compressed` is a CompressedImage topic (image_transport)."""
+    topic, _, query = _after(spec, "dds:").partition("?")
+    if query not in ("", "compressed") or not topic:
+        raise MobileVLAError(f"bad source {spec!r}: expected dds:TOPIC or dds:TOPIC?compressed, e.g. "
+                             f"dds:/camera/image_raw or dds:/camera/image_raw/compressed")
+    return TopicSpec(topic, query == "compressed" or topic.endswith("/compressed"), spec)
 
 
 def parse_rtp(spec: str) -> RtpSpec:

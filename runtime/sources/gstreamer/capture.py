@@ -30,7 +30,8 @@ from runtime.sources.gstreamer.pipeline import (
     pipeline_description,
     sink_mode,
 )
-from runtime.sources.spec import CaptureSpec, parse_capture
+from runtime.sources.gstreamer.v4l2 import choose_for, probe_caps
+from runtime.sources.spec import CaptureSpec, V4l2Spec, parse_capture
 
 log = logging.getLogger("runtime.capture")
 _POLL_SLICE_S = 0.02  # longest single wait inside read_into: the bus and the stall clock are checked this often
@@ -101,7 +102,11 @@ class GstCapture:
         self._ended = False
         self._failed_reconnects = 0
         self._failing_since = None
-        check_elements(self._spec, self._settings, modules.Gst, self._hardware)
+        choice = None
+        if isinstance(self._spec, V4l2Spec):  # raw, MJPEG or H.264: from the camera's caps, probed now
+            choice = choose_for(self._spec, self._settings, probe_caps(self._spec.device, modules.Gst))
+            self._description = pipeline_description(self._spec, self._pre, self._settings, self._hardware, choice)
+        check_elements(self._spec, self._settings, modules.Gst, self._hardware, choice)
         self._copier = FrameCopier(self._shape, self._spec.label, self._pre.frame_format)
         try:
             self._build()

@@ -3,7 +3,9 @@
 Sources (`--source` specs):
 - `csi[:SENSOR_ID]`: `nvarguscamerasrc` -> `nvvidconv` (the Jetson's VIC converts and scales in hardware; the CPU
   never touches sensor-size pixels) -> RGBA `(S, S)`.
-- `v4l2:/dev/videoN`: a USB/UVC camera (`v4l2src`), scaled and converted on the CPU.
+- `v4l2:/dev/videoN`: a USB/UVC camera (`v4l2src`) as raw, MJPEG or H.264 (`source.v4l2_format`, chosen from its
+  caps at start: runtime/sources/gstreamer/v4l2.py); raw is scaled and converted on the CPU, MJPEG and H.264 are
+  decoded like an RTP stream (NVDEC + VIC on a Jetson, `jpegdec`/`avdec_h264` and `videoscale` elsewhere).
 - `file:PATH`: any video GStreamer decodes; clock-synced by default so a file behaves like a camera.
 - `test`: `videotestsrc` (live, a moving ball) at the sensor mode and frame rate; needs no hardware.
 - `rtsp://HOST[:PORT]/PATH`: an IP camera or RTSP server (`rtspsrc`, 100 ms jitter buffer, `decodebin`);
@@ -28,7 +30,8 @@ from runtime.config import SourceConfig
 from runtime.errors import MobileVLAError
 from runtime.host import is_jetson
 from runtime.preprocess import FRAME_FORMATS, Preprocessing
-from runtime.sources.spec import CaptureSpec, RtpSpec, RtspSpec, parse_capture
+from runtime.sources.gstreamer.v4l2 import V4l2Choice
+from runtime.sources.spec import CaptureSpec, RtpSpec, RtspSpec, V4l2Spec, parse_capture
 
 SINK_NAME = "mvla_capture_sink"
 # nvvidconv's flip-method numbering (what the robot uses) -> videoflip's method for the CPU-side sources.
@@ -70,14 +73,30 @@ def _vic_tail(pre: Preprocessing, settings: SourceConfig) -> str:
     return tail
 
 
-# RTP per codec: the caps udpsrc announces, the depayloader, and the decoder (Jetson hardware / software).
+# RTP per codec: the caps udpsrc announces and the depayloader. Per codec (RTP and V4L2 alike): the parser and the
+# decoder (Jetson hardware / software); nvv4l2decoder takes JPEG only as whole parsed frames (jpegparse before it).
 RTP_CAPS = {"h264": "encoding-name=H264,clock-rate=90000,payload=96",
             "h265": "encoding-name=H265,clock-rate=90000,payload=96",
             "mjpeg": "encoding-name=JPEG,clock-rate=90000,payload=26"}
-RTP_DEPAY = {"h264": "rtph264depay ! h264parse", "h265": "rtph265depay ! h265parse", "mjpeg": "rtpjpegdepay"}
+RTP_DEPAY = {"h264": "rtph264depay", "h265": "rtph265depay", "mjpeg": "rtpjpegdepay"}
+PARSERS = {"h264": "h264parse", "h265": "h265parse", "mjpeg": ""}
 DECODERS = {"h264": ("nvv4l2decoder", "avdec_h264"), "h265": ("nvv4l2decoder", "avdec_h265"),
-            "mjpeg": ("nvv4l2decoder mjpeg=1", "jpegdec")}
+            "mjpeg": ("jpegparse ! nvv4l2decoder mjpeg=1", "jpegdec")}
 RTSP_LATENCY_MS = 100  # rtspsrc's jitter buffer: its default (2 s) would put every frame 2 s behind
+
+
+def decode_chain(codec: str, hardware: bool) -> str:
+    """Parse and decode one codec's stream (`h264parse ! avdec_h264`, ...): the RTP and V4L2 paths share it."""
+    return " ! ".join(filter(None, (PARSERS[codec], DECODERS[codec][0 if hardware else 1])))
+
+
+def _v4l2_tail(choice: V4l2Choice, pre: Preprocessing, settings: SourceConfig, hardware: bool) -> str:
+    """After `v4l2src`: the caps asked of the camera, the decoder, scaling. Raw is scaled and converted on the CPU on
+    every host, as before compressed formats were chosen."""
+    if choice.format == "raw":
+        return f"{choice.caps} ! {_cpu_tail(pre, settings)}"
+    tail = _vic_tail(pre, settings) if hardware else _cpu_tail(pre, settings)
+    return f"{choice.caps} ! {decode_chain(choice.format, hardware)} ! {tail}"
 
 
 def _network_head(source: RtspSpec | RtpSpec, hardware: bool) -> str:
@@ -85,15 +104,15 @@ def _network_head(source: RtspSpec | RtpSpec, hardware: bool) -> str:
         return f"rtspsrc location={source.url} latency={RTSP_LATENCY_MS} ! decodebin"
     address = source.host or "0.0.0.0"
     caps = f"application/x-rtp,media=video,{RTP_CAPS[source.codec]}"
-    decoder = DECODERS[source.codec][0 if hardware else 1]
     return (f"udpsrc address={address} port={source.port} caps=\"{caps}\" ! rtpjitterbuffer latency=50 ! "
-            f"{RTP_DEPAY[source.codec]} ! {decoder}")
+            f"{RTP_DEPAY[source.codec]} ! {decode_chain(source.codec, hardware)}")
 
 
 def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: SourceConfig,
-                         hardware: bool | None = None) -> str:
+                         hardware: bool | None = None, v4l2: V4l2Choice | None = None) -> str:
     """The gst-launch-1.0 description of a capture spec (paste it after `gst-launch-1.0 -v` to debug a camera).
-    `hardware`: decode and scale network streams on the Jetson's NVDEC and VIC (default: on a Jetson)."""
+    `hardware`: decode and scale network streams and compressed V4L2 formats on the Jetson's NVDEC and VIC (default:
+    on a Jetson). `v4l2`: the format chosen from the camera's caps (None: raw, whatever the camera negotiates)."""
     source = parse_capture(spec) if isinstance(spec, str) else spec
     if pre.frame_format not in FRAME_FORMATS:
         raise MobileVLAError(f"unknown frame_format {pre.frame_format!r}; expected one of {', '.join(FRAME_FORMATS)}")
@@ -103,8 +122,10 @@ def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: 
         head = (f"nvarguscamerasrc sensor-id={source.arg} ! "
                 f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1")
         return f"{head} ! {_vic_tail(pre, settings)} ! {sink}"
+    hardware = is_jetson() if hardware is None else hardware
+    if isinstance(source, V4l2Spec) and v4l2 is not None:
+        return f"v4l2src device={source.device} ! {_v4l2_tail(v4l2, pre, settings, hardware)} ! {sink}"
     if isinstance(source, RtspSpec | RtpSpec):
-        hardware = is_jetson() if hardware is None else hardware
         tail = _vic_tail(pre, settings) if hardware else _cpu_tail(pre, settings)
         return f"{_network_head(source, hardware)} ! {tail} ! {sink}"
     if source.kind == "v4l2":
@@ -138,6 +159,7 @@ _ELEMENT_PACKAGES = {
     "rtpjpegdepay": "gstreamer1.0-plugins-good",
     "jpegdec": "gstreamer1.0-plugins-good",
     "h264parse": "gstreamer1.0-plugins-bad",
+    "jpegparse": "gstreamer1.0-plugins-bad",
     "h265parse": "gstreamer1.0-plugins-bad",
     "avdec_h264": "gstreamer1.0-libav",
     "avdec_h265": "gstreamer1.0-libav",
@@ -201,12 +223,15 @@ def check_source(spec: CaptureSpec) -> None:
             )
 
 
-def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any, hardware: bool = False) -> None:
+def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any, hardware: bool = False,
+                   v4l2: V4l2Choice | None = None) -> None:
     wanted = [*_KIND_ELEMENTS[spec.kind], "appsink"]
+    codec = spec.codec if isinstance(spec, RtpSpec) else v4l2.format if v4l2 is not None else "raw"
     if isinstance(spec, RtpSpec):
-        wanted += [e.split()[0] for e in RTP_DEPAY[spec.codec].split(" ! ")]
-        wanted.append(DECODERS[spec.codec][0 if hardware else 1].split()[0])
-    if hardware and isinstance(spec, RtspSpec | RtpSpec):
+        wanted.append(RTP_DEPAY[spec.codec])
+    if codec != "raw":
+        wanted += [element.split()[0] for element in decode_chain(codec, hardware).split(" ! ")]
+    if hardware and (isinstance(spec, RtspSpec | RtpSpec) or codec != "raw"):
         wanted.append("nvvidconv")
     elif settings.flip_method and spec.kind != "csi":
         wanted.append("videoflip")

@@ -133,7 +133,7 @@ def test_network_and_jetson_utils_descriptions() -> None:
                            'nvv4l2decoder ! nvvidconv flip-method=0 ! ')
     assert "rtph265depay ! h265parse ! avdec_h265 ! videoscale" in pipeline_description(
         "rtp://127.0.0.1:5000?codec=h265", PRE, SourceConfig(), hardware=False)
-    assert "rtpjpegdepay ! nvv4l2decoder mjpeg=1 ! nvvidconv" in pipeline_description(
+    assert "rtpjpegdepay ! jpegparse ! nvv4l2decoder mjpeg=1 ! nvvidconv" in pipeline_description(
         "rtp://@:5000?codec=mjpeg", PRE, SourceConfig(), hardware=True)
 
 
@@ -143,16 +143,29 @@ def free_udp_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_rtp_mjpeg_stream_on_loopback_delivers_frames() -> None:
+RTP_SENDERS = {
+    "mjpeg": ("jpegenc ! rtpjpegpay", ()),  # RTP JPEG (RFC 2435) carries 4:2:0 or 4:2:2 only
+    # config-interval=-1: SPS/PPS with every key frame, so a receiver that joins late can start decoding
+    "h264": ("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! rtph264pay pt=96 config-interval=-1",
+             (("x264enc", "gstreamer1.0-plugins-ugly"), ("avdec_h264", "gstreamer1.0-libav"),
+              ("h264parse", "gstreamer1.0-plugins-bad"))),
+}
+
+
+@pytest.mark.parametrize("codec", sorted(RTP_SENDERS))
+def test_rtp_stream_on_loopback_delivers_frames(codec: str) -> None:
+    encode, elements = RTP_SENDERS[codec]
+    missing = [f"{name} ({package})" for name, package in elements if Gst.ElementFactory.find(name) is None]
+    if missing:
+        pytest.skip(f"GStreamer elements missing: {', '.join(missing)}")
     port = free_udp_port()
     sender = Gst.parse_launch(
         "videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=64,height=64,framerate=30/1 ! "
-        "jpegenc ! "  # RTP JPEG (RFC 2435) carries 4:2:0 or 4:2:2 only
-        f"rtpjpegpay ! udpsink host=127.0.0.1 port={port}")
+        f"{encode} ! udpsink host=127.0.0.1 port={port}")
     dest = np.zeros((224, 224, 4), np.uint8)
     sender.set_state(Gst.State.PLAYING)  # UDP: sending before anyone listens loses only those packets
     try:
-        with GstCapture(f"rtp://127.0.0.1:{port}?codec=mjpeg", PRE, SourceConfig()) as cap:
+        with GstCapture(f"rtp://127.0.0.1:{port}?codec={codec}", PRE, SourceConfig()) as cap:
             results = read_frames(cap, dest, 3, timeout_s=5.0)
     finally:
         sender.set_state(Gst.State.NULL)
