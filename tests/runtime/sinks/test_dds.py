@@ -17,7 +17,6 @@ from cyclonedds.core import Policy, Qos
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.idl import IdlStruct
 from cyclonedds.idl.types import float64, int32, uint32
-from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
@@ -25,6 +24,7 @@ from runtime.errors import MobileVLAError
 from runtime.sinks.base import VelocityCommand
 from runtime.sinks.dds import DdsSink, DdsSinkSpec
 from runtime.sinks.dispatch import open_sink
+from tests.fakes.dds import subscriber
 
 
 @dataclass
@@ -56,15 +56,6 @@ class RosHeader(IdlStruct, typename="std_msgs::msg::dds_::Header_"):
 class RosTwistStamped(IdlStruct, typename="geometry_msgs::msg::dds_::TwistStamped_"):
     header: RosHeader
     twist: RosTwist
-
-
-def subscriber(topic: str, kind: type) -> Any:
-    """What a ROS 2 node's default subscription is: reliable, keep last 10, volatile."""
-    participant = DomainParticipant(42)
-    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepLast(10))
-    reader = DataReader(participant, Topic(participant, topic, kind, qos=qos), qos=qos)
-    reader.participant_ref = participant  # keep the participant alive with the reader
-    return reader
 
 
 def receive(reader: Any, sink: Any, command: VelocityCommand, timeout_s: float = 5.0) -> list[Any]:

@@ -15,12 +15,6 @@ import pytest
 
 pytest.importorskip("cyclonedds", reason="the dds source needs pip install '.[dds]'")
 
-from cyclonedds.core import Policy, Qos
-from cyclonedds.domain import DomainParticipant
-from cyclonedds.pub import DataWriter
-from cyclonedds.sub import DataReader
-from cyclonedds.topic import Topic
-from cyclonedds.util import duration
 from PIL import Image as PILImage
 
 from runtime.cli import main
@@ -31,19 +25,11 @@ from runtime.errors import MobileVLAError
 from runtime.preprocess import Preprocessing, prepare_frame
 from runtime.sources.dispatch import open_source
 from runtime.sources.topic import raw_image
+from tests.fakes.dds import publisher, subscriber
 
 PRE = Preprocessing(image_size=32, frame_format="RGBA")
 RNG = np.random.default_rng(0)
 PICTURE = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-
-
-def camera(topic: str, kind: type) -> Any:
-    """A camera driver's publisher: reliable, keep last 1 (a best-effort reader matches it)."""
-    participant = DomainParticipant(42)
-    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepLast(1))
-    writer = DataWriter(participant, Topic(participant, topic, kind, qos=qos), qos=qos)
-    writer.participant_ref = participant
-    return writer
 
 
 def image_message(pixels: np.ndarray, encoding: str = "rgb8", stamp: float | None = None) -> Image:
@@ -93,7 +79,7 @@ def test_the_fast_cdr_reader_matches_cyclone_dds_own_encoding() -> None:
 
 
 def test_an_image_topic_delivers_the_newest_image_with_its_stamp() -> None:
-    writer = camera("rt/cam1/image_raw", Image)
+    writer = publisher("rt/cam1/image_raw", Image)
     source = open_source(SourceConfig(spec="dds:/cam1/image_raw"), PRE)
     source.start()
     try:
@@ -109,7 +95,7 @@ def test_a_compressed_topic_is_decoded_as_jpeg() -> None:
     buffer = io.BytesIO()
     PILImage.fromarray(PICTURE).save(buffer, "PNG")  # lossless, so the frame must match exactly
     message = CompressedImage(Header(ros_time(time.time()), "camera"), "png", buffer.getvalue())
-    writer = camera("rt/cam2/image_raw/compressed", CompressedImage)
+    writer = publisher("rt/cam2/image_raw/compressed", CompressedImage)
     source = open_source(SourceConfig(spec="dds:cam2/image_raw/compressed"), PRE)
     source.start()
     try:
@@ -129,20 +115,12 @@ def test_no_image_is_a_timeout_and_logged_as_stale(caplog: pytest.LogCaptureFixt
     assert "no first image for" in caplog.text and "holding zero velocity" in caplog.text
 
 
-def subscriber(topic: str, kind: type) -> Any:
-    participant = DomainParticipant(42)
-    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepLast(10))
-    reader = DataReader(participant, Topic(participant, topic, kind, qos=qos), qos=qos)
-    reader.participant_ref = participant
-    return reader
-
-
 def test_an_image_topic_drives_the_policy_with_ros_args_and_diagnostics(demo_bundle: Path) -> None:
     """`runtime --source dds:camera/image_raw --sink dds --ros-args -r __ns:=/robot1 -r cmd_vel:=drive`: commands on
     /robot1/drive, DiagnosticArray on /diagnostics at 1 Hz."""
     commands = subscriber("rt/robot1/drive", Twist)
     diagnostics = subscriber("rt/diagnostics", DiagnosticArray)
-    writer = camera("rt/robot1/camera/image_raw", Image)
+    writer = publisher("rt/robot1/camera/image_raw", Image)
     stop = threading.Event()
 
     def publish() -> None:
