@@ -26,12 +26,11 @@ class DdsDiagnostics:
     def __init__(self, status: Callable[[], LoopStatus], reading: Callable[[], HealthReading | None],
                  config: RuntimeConfig, period_s: float = PERIOD_S) -> None:
         try:
-            from cyclonedds.domain import DomainParticipant
             from cyclonedds.pub import DataWriter
             from cyclonedds.topic import Topic
 
             from runtime.dds import messages
-            from runtime.dds.participant import dds_topic, diagnostics_qos, domain_id
+            from runtime.dds.participant import dds_topic, diagnostics_qos, participant
         except ImportError as exc:
             raise MobileVLAError("ros2.diagnostics needs Cyclone DDS's Python binding: pip install '.[dds]'; or "
                                  "set ros2.diagnostics: off") from exc
@@ -41,7 +40,7 @@ class DdsDiagnostics:
         self._status, self._reading, self._config, self._period = status, reading, config, period_s
         self._messages = messages
         qos = diagnostics_qos()
-        self._participant = DomainParticipant(domain_id())
+        self._participant = participant()
         self._writer: Any = DataWriter(self._participant, Topic(self._participant, dds_name,
                                                                 messages.DiagnosticArray, qos=qos), qos=qos)
         self._hardware_id = socket.gethostname()

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from runtime.control import STATUS_SUFFIX, InstructionBox, Validator, receive
-from runtime.dds.participant import dds_topic, domain_id, instruction_qos
+from runtime.dds.participant import dds_topic, instruction_qos, participant
 from runtime.errors import MobileVLAError
 from runtime.ros.names import RosNames
 
@@ -22,7 +22,6 @@ class DdsInstructionListener:
     def __init__(self, box: InstructionBox, topic: str, validate: Validator | None = None,
                  names: RosNames | None = None) -> None:
         try:
-            from cyclonedds.domain import DomainParticipant
             from cyclonedds.pub import DataWriter
             from cyclonedds.sub import DataReader
             from cyclonedds.topic import Topic
@@ -37,7 +36,7 @@ class DdsInstructionListener:
         self.topic, reader_topic = dds_topic(names, topic, where)
         self.status_topic, status_topic = dds_topic(names, self.topic + STATUS_SUFFIX, where)
         qos = instruction_qos()
-        self._participant = DomainParticipant(domain_id())
+        self._participant = participant()
         self._reader: Any = DataReader(self._participant, Topic(self._participant, reader_topic, String, qos=qos),
                                        qos=qos)
         self._status: Any = DataWriter(self._participant, Topic(self._participant, status_topic, String, qos=qos),

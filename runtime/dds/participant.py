@@ -5,6 +5,7 @@ configuration (`CYCLONEDDS_URI`); the tests pin it to loopback unicast with mult
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -18,6 +19,19 @@ def domain_id(environ: dict[str, str] | None = None) -> int:
         raise MobileVLAError(f"ROS_DOMAIN_ID={text!r}: expected an integer 0-232 (ROS 2's range), as the robot's "
                              f"other nodes use")
     return int(text)
+
+
+@functools.cache
+def _participant_for(domain: int) -> Any:
+    from cyclonedds.domain import DomainParticipant
+
+    return DomainParticipant(domain)
+
+
+def participant() -> Any:
+    """The process's one participant in `ROS_DOMAIN_ID`, shared by every sink, source and listener (as a ROS 2
+    process shares one per context): one discovery, not one per entity."""
+    return _participant_for(domain_id())
 
 
 def dds_topic(names: RosNames, ros_topic: str, what: str) -> tuple[str, str]:

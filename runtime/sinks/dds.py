@@ -43,12 +43,11 @@ class DdsSink:
     """A DDS writer of Twist/TwistStamped on the ROS 2 topic, reliable, keep last 1."""
 
     def __init__(self, spec: DdsSinkSpec, names: RosNames | None = None) -> None:
-        from runtime.dds.participant import command_qos, dds_topic, domain_id
+        from runtime.dds.participant import command_qos, dds_topic, participant
 
         resolved, topic_name = dds_topic(names or RosNames(), spec.topic, f"sink dds:{spec.topic}")
         name = f"dds:{resolved}"
         try:
-            from cyclonedds.domain import DomainParticipant
             from cyclonedds.pub import DataWriter
             from cyclonedds.topic import Topic
 
@@ -59,7 +58,7 @@ class DdsSink:
         self._spec = spec
         self._messages = messages
         self._qos = command_qos()
-        self._participant = DomainParticipant(domain_id())
+        self._participant = participant()
         kind = messages.TwistStamped if spec.stamped else messages.Twist
         self._topic = Topic(self._participant, topic_name, kind, qos=self._qos)
         self._writer_type = DataWriter

@@ -58,17 +58,16 @@ class TopicSource:
                  names: RosNames | None = None) -> None:
         try:
             from cyclonedds.core import InstanceState, ReadCondition, SampleState, ViewState, WaitSet
-            from cyclonedds.domain import DomainParticipant
             from cyclonedds.sub import DataReader
             from cyclonedds.topic import Topic
 
             from runtime.dds.images import CompressedImage, Image
-            from runtime.dds.participant import dds_topic, domain_id, sensor_qos
+            from runtime.dds.participant import dds_topic, participant, sensor_qos
         except ImportError as exc:
             raise MobileVLAError(DDS_SOURCE_HINT) from exc
         self.topic, dds_name = dds_topic(names or RosNames(), spec.topic, f"source {spec.label}")
         self._spec, self._pre, self._settings = spec, pre, settings
-        self._participant = DomainParticipant(domain_id())
+        self._participant = participant()
         qos = sensor_qos()
         kind = CompressedImage if spec.compressed else Image
         self._reader: Any = DataReader(self._participant, Topic(self._participant, dds_name, kind, qos=qos), qos=qos)
@@ -115,7 +114,7 @@ class TopicSource:
     def _capture_time(self, message: Any, arrival: float) -> float:
         stamp = message.header.stamp.sec + message.header.stamp.nanosec * 1e-9
         age = time.time() - stamp
-        if 0.0 <= age <= MAX_CLOCK_SKEW_S or -0.05 < age < 0.0:
+        if -0.05 < age <= MAX_CLOCK_SKEW_S:  # a stamp up to 50 ms ahead: the same clock, not quite in step
             return arrival - max(age, 0.0)
         if not self._skew_logged:
             log.warning("source %s: image stamps are %.1f s from this host's clock (simulated time, a bag with its "
