@@ -1,4 +1,5 @@
-"""`build_bundle`: checkpoint -> reference policy -> three ONNX parts -> parity -> bundle, written atomically.
+"""`build_bundle`: checkpoint -> the family's reference model (its adapter, build_engines/adapters/) -> its ONNX
+parts -> parity -> bundle, written atomically.
 
 Where it may write and what it cleans up is output_dir.py; which tokenizer it uses, prompt_tokens.py; the reports,
 reports.py.
@@ -15,11 +16,13 @@ from typing import Any
 import torch
 
 from build_engines import device_graphs
-from build_engines.checkpoint import ImportedPolicy, import_checkpoint
+from build_engines.adapters import DEFAULT_POLICY, config_policy, load_adapter
+from build_engines.adapters.base import PolicyAdapter
+from build_engines.checkpoint import ImportedPolicy
 from build_engines.cpu_int8 import cpu_int8_bundle, with_cpu_int8
 from build_engines.demo.fit import FitSettings
 from build_engines.demo.policy import checkpointless_policy, demo_episodes
-from build_engines.export import export_modules, export_part
+from build_engines.export import export_part
 from build_engines.input_episodes import user_episodes
 from build_engines.int8 import GateSettings, Int8Options, Int8Result, quantize_bundle
 from build_engines.memory import stage_memory
@@ -29,13 +32,13 @@ from build_engines.presets import PRESETS
 from build_engines.prompt_tokens import (
     GENERATED,
     TOKENIZER_FILE,
-    policy_prompt,
+    prompt_settings,
+    special_roles,
     special_token_ids,
     tokenizer_source,
     write_tokenizer,
 )
 from build_engines.quantize import QuantSettings
-from build_engines.reference import ReferencePolicy
 from build_engines.reports import append_markdown, build_report, write_reports
 from build_engines.tensorrt_build import build_bundle_engines, check_workspace_mb, import_tensorrt
 from calibration.sampling import SampleSettings
@@ -51,8 +54,8 @@ from runtime.bundle_write import hash_files, staged_bundle_dir, write_manifest
 from runtime.errors import MobileVLAError, check_range
 from runtime.preprocess import COLOR_ORDERS, Preprocessing, check_choice
 from runtime.prompt import LAYOUTS, PromptEncoder, PromptSettings
+from runtime.skew import skew_table
 from runtime.sources.synthetic import synthetic_frame
-from runtime.specs import PART_NAMES, PartDims, part_specs
 
 log = logging.getLogger("build_engines")
 
@@ -80,6 +83,8 @@ class BuildOptions:
     parity_tolerance: float = 1e-4
     seed: int = 0
     demo_head_variant: str = "velocities"
+    policy: str | None = None  # the family (build_engines/adapters/); None: the training config's, else robovlms-lstm
+    policy_options: tuple[tuple[str, str], ...] = ()  # --policy-option KEY=VALUE
     random_weights: bool = False  # no checkpoint: random weights at the preset's shapes (export/latency tests)
     episodes: Path | None = None  # the robot's HDF5 episodes: --int8 calibrates on them, the demo fits on them
     episode_color: str = "bgr"  # channel order of the stored images (the recorder writes bgr8)
@@ -94,6 +99,13 @@ class BuildOptions:
     @property
     def is_demo(self) -> bool:
         return self.checkpoint is None and not self.random_weights
+
+    @property
+    def family(self) -> str:
+        return self.policy or config_policy(self.config) or DEFAULT_POLICY
+
+    def adapter(self) -> PolicyAdapter:
+        return load_adapter(self.family, dict(self.policy_options))
 
     def validate(self) -> None:
         check_choice("layout", self.layout, LAYOUTS)
@@ -144,7 +156,7 @@ def calibration_data(options: BuildOptions, imported: ImportedPolicy) -> Path:
     )
 
 
-def release_weights(policy: ReferencePolicy) -> None:
+def release_weights(policy: torch.nn.Module) -> None:
     """Free the reference policy's tensors once parity is done (its shapes and settings stay readable)."""
     policy.to(torch.device("meta"))
 
@@ -157,14 +169,12 @@ def content_files(parts: dict[str, PartEntry]) -> list[str]:
     return files
 
 
-def make_manifest(imported: ImportedPolicy, prompt: PromptSettings, pre: Preprocessing,
+def make_manifest(policy: PolicySettings, imported: ImportedPolicy, prompt: PromptSettings, pre: Preprocessing,
                   parts: dict[str, PartEntry], files: dict[str, str], reports: dict[str, str],
                   source: dict[str, Any]) -> Manifest:
-    head = imported.policy.head_config
     return Manifest(
         source=source,
-        policy=PolicySettings(head.variant, head.chunk, head.window, head.action_dim, head.hidden_size,
-                              imported.policy.text_dim),
+        policy=policy,
         preprocessing=pre,
         prompt=prompt,
         action=imported.config.action,
@@ -175,28 +185,32 @@ def make_manifest(imported: ImportedPolicy, prompt: PromptSettings, pre: Preproc
     )
 
 
-def export_parts(policy: ReferencePolicy, pre: Preprocessing, prompt: PromptSettings, stage: Path,
-                 timings: dict[str, float]) -> dict[str, PartEntry]:
-    head = policy.head_config
-    dims = PartDims(pre.image_size, pre.channels, prompt.num_image_tokens, policy.text_dim, prompt.sequence_length,
-                    head.window, head.chunk, head.action_dim, head.variant)
-    specs = part_specs(dims)
-    modules = export_modules(policy, pre, prompt)
+def export_parts(adapter: PolicyAdapter, model: torch.nn.Module, pre: Preprocessing, prompt: PromptSettings,
+                 stage: Path, timings: dict[str, float]) -> dict[str, PartEntry]:
     parts = {}
-    for name in PART_NAMES:
+    for part in adapter.parts(model, pre, prompt):
+        name = part.name
         started = time.perf_counter()
-        external = export_part(modules[name], specs[name], stage / f"{name}.onnx")
+        external = export_part(part.module, part.spec, stage / f"{name}.onnx")
         timings[f"export_{name}_s"] = round(time.perf_counter() - started, 2)
-        parts[name] = PartEntry(specs[name], f"{name}.onnx", external)
-        log.info("exported %s.onnx in %.1f s", name, timings[f"export_{name}_s"])
+        parts[name] = PartEntry(part.spec, f"{name}.onnx", external)
+        log.info("exported %s.onnx (%s) in %.1f s", name, part.spec.cadence, timings[f"export_{name}_s"])
     return parts
+
+
+def check_tokenizer(tokenizer: Path, adapter: PolicyAdapter) -> None:
+    if adapter.special_tokens is None:
+        special_token_ids(tokenizer)
+    else:
+        special_roles(tokenizer, adapter.special_tokens)
 
 
 def build_bundle(options: BuildOptions) -> BuildResult:
     options.validate()
+    adapter = options.adapter()
     tokenizer = tokenizer_source(options.tokenizer, options.kosmos_dir, generated_ok=options.checkpoint is None)
     if tokenizer is not None:
-        special_token_ids(tokenizer)  # a bad file is refused now, not after the import
+        check_tokenizer(tokenizer, adapter)  # a bad file is refused now, not after the import
     check_output(options.output, options.inputs())  # before any work: refusing after an hour's import helps nobody
     remove_stale(options.output)
     timings: dict[str, float] = {}
@@ -204,11 +218,13 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     with build_temp_dir() as tmp:
         if options.checkpoint is None:  # the demo, or random weights (build_engines/demo/policy.py)
             options = options if options.random_weights else replace(options, preset="tiny")
-            imported, source = checkpointless_policy(options, Path(tmp))
+            imported, source = checkpointless_policy(options, adapter, Path(tmp))
         else:
             assert options.config is not None
-            imported = import_checkpoint(options.checkpoint, options.config, options.kosmos_dir, options.preset)
+            imported = adapter.import_checkpoint(options.checkpoint, options.config, options.kosmos_dir,
+                                                 options.preset)
             source = {"checkpoint": str(options.checkpoint)}
+        source["policy"] = adapter.describe()
         source.update({
             "checkpoint_sha256": sha256_file(options.checkpoint) if options.checkpoint else None,
             "config": str(options.config) if options.config else None,
@@ -222,17 +238,20 @@ def build_bundle(options: BuildOptions) -> BuildResult:
         # Checked again just before the swap: the directory may have changed during the build.
         with staged_bundle_dir(options.output, lambda: check_output(options.output, options.inputs())) as stage:
             source.update(write_tokenizer(tokenizer, stage, options.preset))
-            prompt = policy_prompt(stage / TOKENIZER_FILE, imported.policy, options.layout, options.instruction,
-                                   options.max_prompt_tokens, tokenizer or GENERATED)
-            parts = export_parts(imported.policy, pre, prompt, stage, timings)
+            prompt = prompt_settings(stage / TOKENIZER_FILE, adapter.prompt_layout or options.layout,
+                                     options.instruction, options.max_prompt_tokens,
+                                     adapter.vocab_size(imported.policy), tokenizer or GENERATED,
+                                     adapter.prompt_template, adapter.special_tokens)
+            parts = export_parts(adapter, imported.policy, pre, prompt, stage, timings)
+            policy = adapter.settings(imported.policy)
             hashes = hash_files(stage, content_files(parts))  # once: the trunk alone is gigabytes at real size
-            write_manifest(stage, make_manifest(imported, prompt, pre, parts, hashes, {}, source))
-            parity = run_parity(imported.policy, stage, options)
+            write_manifest(stage, make_manifest(policy, imported, prompt, pre, parts, hashes, {}, source))
+            parity = run_parity(adapter, imported.policy, stage, options)
             if not parity.passed:
                 raise MobileVLAError(parity_failure(parity))  # before any report: nothing of this build is kept
             stage_memory(timings, "export_parity")
             release_weights(imported.policy)  # the ONNX parts hold them now: 6.6 GB back at real size
-            int8 = None
+            int8, data = None, options.episodes
             if options.int8:
                 data = calibration_data(options, imported)
                 int8_options = Int8Options(data, options.episode_color, options.sample, options.quant, options.gate)
@@ -250,14 +269,16 @@ def build_bundle(options: BuildOptions) -> BuildResult:
                 parts, warnings, device_report = device.parts, device.warnings, device.report
                 stage_memory(timings, "device_graphs")
             hashes.update(hash_files(stage, [f for f in content_files(parts) if f not in hashes]))
-            report = build_report(options.layout, options.instruction, source, parity, timings, stage, parts)
+            report = build_report(prompt.layout, options.instruction, source, parity, timings, stage, parts)
+            if data is not None:  # what the camera's resize does to chunk[0], before anyone drives (runtime/skew.py)
+                report["camera_skew"] = skew_table(stage, data, color=options.episode_color)  # the FP32 graphs
             if device_report is not None:
                 report["device_graphs"] = device_report
             reports = write_reports(stage, report, int8)
             if int8 is not None:
                 append_markdown(stage / reports["accuracy_readable"], int8.report["cpu_int8"])
             hashes.update(hash_files(stage, list(reports.values())))
-            manifest = make_manifest(imported, prompt, pre, parts, hashes, reports, source)
+            manifest = make_manifest(policy, imported, prompt, pre, parts, hashes, reports, source)
             write_manifest(stage, replace(manifest, warnings=tuple(warnings)))
             if not options.engines:
                 report["engines_skipped"] = "--no-engines"
@@ -268,13 +289,13 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     return BuildResult(options.output, parity, report, int8)
 
 
-def run_parity(policy: ReferencePolicy, stage: Path, options: BuildOptions) -> ParityReport:
+def run_parity(adapter: PolicyAdapter, model: torch.nn.Module, stage: Path, options: BuildOptions) -> ParityReport:
     bundle = load_bundle(stage, verify_hashes=False)  # hashed a moment ago by this build
     manifest = bundle.manifest
     frames = [synthetic_frame(i, manifest.preprocessing) for i in range(options.parity_frames)]
     prompt_ids = PromptEncoder(bundle.path(TOKENIZER_FILE), manifest.prompt).prompt_ids(options.instruction)
     started = time.perf_counter()
-    report = check_parity(policy, bundle, frames, prompt_ids, options.instruction, options.parity_tolerance)
+    report = check_parity(adapter, model, bundle, frames, prompt_ids, options.instruction, options.parity_tolerance)
     log.info("parity over %d frames in %.1f s: %s", options.parity_frames, time.perf_counter() - started,
              "passed" if report.passed else "FAILED")
     return report

@@ -36,7 +36,7 @@ SHOW = 5  # how many offending keys an error message lists
 
 @dataclass
 class ImportedPolicy:
-    policy: ReferencePolicy
+    policy: Any  # the family's reference model (ReferencePolicy for the RoboVLMs families)
     config: TrainingConfig
     checkpoint: Path | None
     lora_merged: int
@@ -209,30 +209,58 @@ def merge_lora(state: dict[str, Tensor], config: TrainingConfig, base: Mapping[s
     return len(a_keys)
 
 
-def detect_head(state: Mapping[str, Tensor], config: TrainingConfig, source: Path) -> HeadConfig:
-    """Head variant, LSTM size and layer count from the keys and shapes, cross-checked with the config."""
-    if "model.act_head.velocities.mlp.0.weight" in state:
-        variant, out_key = "velocities", "model.act_head.velocities.mlp.6.weight"
-    elif "model.act_head.actions.mlp.0.weight" in state and "model.act_head.gripper.mlp.0.weight" in state:
-        variant, out_key = "actions_gripper", "model.act_head.actions.mlp.6.weight"
+def head_variant(state: Mapping[str, Tensor], prefix: str, source: Path) -> tuple[str, str]:
+    """(variant, the key of the actions MLP's last layer) of the head under `prefix`."""
+    if f"{prefix}velocities.mlp.0.weight" in state:
+        return "velocities", f"{prefix}velocities.mlp.6.weight"
+    if f"{prefix}actions.mlp.0.weight" in state and f"{prefix}gripper.mlp.0.weight" in state:
+        return "actions_gripper", f"{prefix}actions.mlp.6.weight"
+    raise MobileVLAError(
+        f"checkpoint {source} has no recognised policy head: expected {prefix}velocities.mlp.* "
+        f"(MobileVLALSTMDecoder) or {prefix}actions.mlp.* + gripper.mlp.* (LSTMDecoder / FCDecoder)"
+    )
+
+
+def fc_hidden(state: Mapping[str, Tensor], prefix: str, source: Path) -> int:
+    """The FCDecoder's width: its `mlp` is Linear(D, D/2), ReLU, Linear(D/2, hidden)."""
+    weight = state.get(f"{prefix}mlp.2.weight")
+    if weight is None:
+        raise MobileVLAError(f"checkpoint {source} has no {prefix}mlp.2.weight (the FCDecoder's input MLP): is it "
+                             f"a policy with an MLP head? (--policy robovlms-mlp / ensemble)")
+    return int(weight.shape[0])
+
+
+def detect_head(state: Mapping[str, Tensor], config: TrainingConfig, source: Path, kind: str = "lstm",
+                weights: tuple[float, float] = (0.5, 0.5)) -> HeadConfig:
+    """Head variant, sizes and layer count from the keys and shapes, cross-checked with the config. `kind`: lstm
+    (act_head = LSTMDecoder), mlp (act_head = FCDecoder, no history), ensemble (act_head LSTM + mlp_head FC)."""
+    variant, out_key = head_variant(state, "model.act_head.", source)
+    layers = 0
+    if kind == "mlp":
+        hidden = fc_hidden(state, "model.act_head.", source)
+        where = f"the FCDecoder is {hidden} wide (model.act_head.mlp.2.weight)"
     else:
-        raise MobileVLAError(
-            f"checkpoint {source} has no recognised policy head: expected model.act_head.velocities.mlp.* "
-            f"(MobileVLALSTMDecoder) or model.act_head.actions.mlp.* + gripper.mlp.* (LSTMDecoder)"
-        )
-    hh = state.get("model.act_head.rnn.weight_hh_l0")
-    if hh is None:
-        raise MobileVLAError(f"checkpoint {source} has no model.act_head.rnn.weight_hh_l0 (the LSTM head)")
-    hidden = int(hh.shape[1])
-    layers = sum(1 for k in state if k.startswith("model.act_head.rnn.weight_ih_l"))
+        hh = state.get("model.act_head.rnn.weight_hh_l0")
+        if hh is None:
+            raise MobileVLAError(f"checkpoint {source} has no model.act_head.rnn.weight_hh_l0 (the LSTM head); for "
+                                 f"an MLP (FCDecoder) head use --policy robovlms-mlp")
+        hidden = int(hh.shape[1])
+        layers = sum(1 for k in state if k.startswith("model.act_head.rnn.weight_ih_l"))
+        where = f"the checkpoint's LSTM has {hidden} (model.act_head.rnn.weight_hh_l0 {list(hh.shape)})"
     if hidden != config.hidden_size:
         raise MobileVLAError(
-            f"training config says act_head.hidden_size = {config.hidden_size}, but the checkpoint's LSTM has "
-            f"{hidden} (model.act_head.rnn.weight_hh_l0 {list(hh.shape)}): the config does not belong to {source}"
+            f"training config says act_head.hidden_size = {config.hidden_size}, but {where}: the config does not "
+            f"belong to {source}"
         )
+    mlp_hidden = 0
+    if kind == "ensemble":
+        if head_variant(state, "model.mlp_head.", source)[0] != variant:
+            raise MobileVLAError(f"checkpoint {source}: the ensemble's two heads output different actions")
+        mlp_hidden = fc_hidden(state, "model.mlp_head.", source)
     head = HeadConfig(
-        variant=variant, hidden_size=hidden, num_layers=layers, chunk=config.fwd_pred_next_n,
-        window=config.window_size, action_dim=config.action_dim,
+        variant=variant, hidden_size=hidden, num_layers=layers or 4, chunk=config.fwd_pred_next_n,
+        window=1 if kind == "mlp" else config.window_size, action_dim=config.action_dim, kind=kind,
+        mlp_hidden=mlp_hidden, weights=weights,
     )
     out = state.get(out_key)
     if out is not None and int(out.shape[0]) != head.action_outputs:
@@ -243,6 +271,40 @@ def detect_head(state: Mapping[str, Tensor], config: TrainingConfig, source: Pat
             f"the config does not belong to {source}"
         )
     return head
+
+
+def load_checked(model: torch.nn.Module, state: dict[str, Tensor], base: Mapping[str, Tensor], source: Path,
+                 prefix: str, missing_hint: str, unexpected_hint: str, after: str = "") -> int:
+    """Load `state` (keys `prefix` + the model's) into `model`, with the importer's diagnostics: tensors absent
+    from `state` come from `base` (a local backbone directory); mis-shaped, missing, unexpected or non-finite
+    tensors are refused, naming them. Returns how many tensors came from `base`."""
+    expected = {prefix + k: v for k, v in model.state_dict().items() if not k.endswith(IGNORED_SUFFIXES)}
+    filled = 0
+    for key in expected:
+        if key not in state and key in base:
+            state[key] = base[key]
+            filled += 1
+    wrong = [
+        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
+        for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise MobileVLAError(
+            f"checkpoint {source} has mis-shaped tensors: {_listing(wrong)}. The backbone preset or directory does "
+            f"not match the checkpoint"
+        )
+    missing = sorted(k for k in expected if k not in state)
+    if missing:
+        raise MobileVLAError(
+            f"checkpoint {source} is missing keys the policy needs: {_listing(missing)}.{missing_hint}")
+    unexpected = sorted(k for k in state if k not in expected and not k.endswith(IGNORED_SUFFIXES))
+    if unexpected:
+        raise MobileVLAError(
+            f"checkpoint {source} has keys this policy does not have: {_listing(unexpected)}. {unexpected_hint}"
+        )
+    check_finite({k: v for k, v in state.items() if k in expected}, f"checkpoint {source}{after}")
+    model.load_state_dict({k[len(prefix):]: v.float() for k, v in state.items() if k in expected}, strict=False)
+    return filled
 
 
 def _listing(keys: list[str]) -> str:
@@ -265,46 +327,23 @@ def load_kosmos_dir(path: Path) -> tuple[Any, dict[str, Tensor]]:
 
 
 def import_checkpoint(
-    checkpoint: Path, config_path: Path, kosmos_dir: Path | None = None, preset: str = "kosmos-2"
+    checkpoint: Path, config_path: Path, kosmos_dir: Path | None = None, preset: str = "kosmos-2",
+    kind: str = "lstm", weights: tuple[float, float] = (0.5, 0.5),
 ) -> ImportedPolicy:
     """RoboVLMs checkpoint + training config (+ local Kosmos-2 dir) -> reference policy with merged weights."""
     config = read_training_config(config_path)
     state = normalize_keys(load_state_dict(checkpoint))
     kosmos, base = (load_kosmos_dir(kosmos_dir) if kosmos_dir else (kosmos_config(preset), {}))
     merged = merge_lora(state, config, base, checkpoint)
-    head = detect_head(state, config, checkpoint)
+    head = detect_head(state, config, checkpoint, kind, weights)
     policy = ReferencePolicy(kosmos, head)
-    expected = {"model." + k: v for k, v in policy.state_dict().items() if not k.endswith(IGNORED_SUFFIXES)}
-    filled = 0
-    for key in expected:
-        if key not in state and key in base:
-            state[key] = base[key]
-            filled += 1
-    wrong = [
-        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-        for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise MobileVLAError(
-            f"checkpoint {checkpoint} has mis-shaped tensors: {_listing(wrong)}. The backbone preset or Kosmos-2 "
-            f"directory does not match the checkpoint"
-        )
-    missing = sorted(k for k in expected if k not in state)
-    if missing:
-        hint = "" if kosmos_dir else (
-            " If the checkpoint holds only the trained weights (frozen base left out), pass --kosmos-dir with the "
-            "local Kosmos-2 directory."
-        )
-        raise MobileVLAError(f"checkpoint {checkpoint} is missing keys the policy needs: {_listing(missing)}.{hint}")
-    unexpected = sorted(k for k in state if k not in expected and not k.endswith(IGNORED_SUFFIXES))
-    if unexpected:
-        raise MobileVLAError(
-            f"checkpoint {checkpoint} has keys this policy does not have: {_listing(unexpected)}. Is it a RoboVLMs "
-            f"Kosmos-2 policy with an LSTM head, and does --preset/--kosmos-dir match its backbone?"
-        )
-    check_finite({k: v for k, v in state.items() if k in expected},
-                 f"checkpoint {checkpoint} after the LoRA merge" + (f" and {kosmos_dir}" if kosmos_dir else ""))
-    policy.load_state_dict({k[len("model."):]: v.float() for k, v in state.items() if k in expected}, strict=False)
-    log.info("imported %s: head %s (LSTM %d×%d), %d LoRA layers merged, %d tensors from the Kosmos-2 directory",
-             checkpoint, head.variant, head.num_layers, head.hidden_size, merged, filled)
+    hint = "" if kosmos_dir else (
+        " If the checkpoint holds only the trained weights (frozen base left out), pass --kosmos-dir with the local "
+        "Kosmos-2 directory.")
+    filled = load_checked(policy, state, base, checkpoint, "model.", hint,
+                          f"Is it a RoboVLMs Kosmos-2 policy with a {kind} head (--policy), and does "
+                          f"--preset/--kosmos-dir match its backbone?",
+                          f" after the LoRA merge{f' and {kosmos_dir}' if kosmos_dir else ''}")
+    log.info("imported %s: %s head %s (%d wide), %d LoRA layers merged, %d tensors from the Kosmos-2 directory",
+             checkpoint, head.kind, head.variant, head.hidden_size, merged, filled)
     return ImportedPolicy(policy.eval(), config, checkpoint, merged, filled)

@@ -1,4 +1,5 @@
-"""`build_engines`: RoboVLMs checkpoint (or the embedded demo policy) -> bundle of ONNX parts."""
+"""`build_engines`: a policy checkpoint of one of the families (or the embedded demo policy) -> bundle of ONNX
+parts."""
 
 from __future__ import annotations
 
@@ -26,22 +27,29 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build_engines",
-        description="Split a RoboVLMs Kosmos-2 policy into vision / trunk / head ONNX parts, check them against the "
-                    "PyTorch reference, and write a self-describing bundle. With no --checkpoint, builds the "
-                    "embedded demo bundle from the tiny preset.",
+        description="Split a policy (RoboVLMs Kosmos-2 + LSTM by default; --policy picks the family) into ONNX "
+                    "parts, check them against the PyTorch reference, and write a self-describing bundle. With no "
+                    "--checkpoint, builds the embedded demo bundle from the tiny preset.",
     )
     src = parser.add_argument_group("source")
+    src.add_argument("--policy", default=None,
+                     help="policy family: robovlms-lstm | robovlms-mlp | feature-fusion | clip-lstm | clip-mlp | "
+                          "ensemble, or path/to/adapter.py:ClassName for a team's own (docs/adapters.md). Default: "
+                          "the training config's policy_family (or its act_head.type), else robovlms-lstm")
+    src.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting of the family's adapter, repeatable (ensemble: weights=LSTM,MLP)")
     src.add_argument("--checkpoint", type=Path, help="RoboVLMs .ckpt/.pt (Lightning or plain state dict)")
     src.add_argument("--config", type=Path, help="the training config JSON the checkpoint was trained with")
-    src.add_argument("--kosmos-dir", type=Path,
-                     help="local Kosmos-2 directory (HF layout) for frozen weights absent from the checkpoint and "
-                          "for tokenizer.json; nothing is downloaded")
+    src.add_argument("--kosmos-dir", "--backbone-dir", dest="kosmos_dir", type=Path,
+                     help="local backbone directory (HF layout: Kosmos-2, or CLIP for the clip families) for frozen "
+                          "weights absent from the checkpoint and for tokenizer.json; nothing is downloaded")
     src.add_argument("--tokenizer", type=Path, default=None,
                      help="the tokenizer.json the policy was trained with (default: the one in --kosmos-dir). A "
                           "--checkpoint build needs one of the two; its sha256 is recorded in the manifest")
     src.add_argument("--preset", default="kosmos-2",
                      help="backbone shapes when no --kosmos-dir: tiny | mid | kosmos-2 (mid: the real structure and "
-                          "vocabulary at mid widths, for CPU measurements)")
+                          "vocabulary at mid widths, for CPU measurements); the clip families: tiny | mid | kosmos-2 "
+                          "= ViT-B/32")
     src.add_argument("--random-weights", action="store_true",
                      help="no checkpoint: random weights at --preset's shapes, to test export and latency at real "
                           "size (the velocities mean nothing); needs --output")
@@ -51,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"It is replaced whole, so it must be new, empty, or a previous bundle; anything else is "
                           f"refused")
     out.add_argument("--layout", default="robovlms",
-                     help="prompt layout the checkpoint was trained with: robovlms | mobilevla_fallback")
+                     help="prompt layout the checkpoint was trained with: robovlms | mobilevla_fallback (Kosmos-2 "
+                          "trunk families; the text-encoder families use their own)")
     out.add_argument("--instruction", default=None, help="default instruction stored in the bundle")
     out.add_argument("--max-prompt-tokens", type=int, default=32,
                      help="longest prompt (template + instruction, in tokens) the trunk accepts (default 32, at most "
@@ -199,6 +208,16 @@ def int8_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def policy_options(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise MobileVLAError(f"--policy-option {item!r} is not KEY=VALUE (e.g. --policy-option weights=0.7,0.3)")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
 def split_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -225,6 +244,13 @@ def run(args: argparse.Namespace) -> int:
             raise MobileVLAError("--output DIR is required with --random-weights")
         output = args.output
     elif args.checkpoint is None:
+        if args.policy is not None:
+            from build_engines.adapters import adapter_class
+
+            adapter_class(args.policy)  # a mistyped family or file is named as such, before the demo's advice
+        if args.policy not in (None, "robovlms-lstm"):
+            raise MobileVLAError(f"the embedded demo is a robovlms-lstm policy; for --policy {args.policy} pass "
+                                 f"--random-weights --preset tiny --output DIR, or --checkpoint and --config")
         if args.config is not None or args.kosmos_dir is not None:
             raise MobileVLAError("--config/--kosmos-dir need --checkpoint; without it the demo bundle is built")
         if args.tokenizer is not None:
@@ -251,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
         parity_frames=args.parity_frames,
         parity_tolerance=args.parity_tolerance,
         seed=args.seed,
+        policy=args.policy,
+        policy_options=policy_options(args.policy_option),
         random_weights=args.random_weights and args.checkpoint is None,
         engines=not args.no_engines,
         workspace_mb=args.workspace_mb,

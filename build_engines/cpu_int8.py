@@ -54,7 +54,6 @@ from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.bundle import Bundle, PartEntry
 from runtime.cpu_int8 import CPU_INT8_SUFFIX, MIN_CPU_SPEEDUP, CpuHost, CpuInt8Form, CpuSpeed, cpu_host
 from runtime.errors import MobileVLAError
-from runtime.specs import PART_NAMES
 
 log = logging.getLogger("build_engines.cpu_int8")
 
@@ -181,7 +180,7 @@ def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Setti
     e2e: dict[str, Any] = {}
     with ExitStack() as stack:
         q = Quantizer(bundle, options, stack)
-        for name in PART_NAMES:
+        for name in q.names:
             feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)  # FP32 upstream, as int8.py gates
             parts[name] = build_part(q, name, feeds, settings, host, options.gate.cosine)
             if not parts[name].kept:
@@ -189,8 +188,8 @@ def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Setti
                 remove_form(bundle.root, parts[name], "per-part gate")
                 warnings.append(f"{name}: CPU INT8 cosine {parts[name].gate.cosine_mean:.6f} < {options.gate.cosine} "
                                 f"on held-out frames; ONNX Runtime keeps FP32 for this part")
-        auto = [n for n in PART_NAMES if parts[n].kept and parts[n].speed.faster]
-        extra = [n for n in PART_NAMES if parts[n].kept and not parts[n].speed.faster]
+        auto = [n for n in q.names if parts[n].kept and parts[n].speed.faster]
+        extra = [n for n in q.names if parts[n].kept and not parts[n].speed.faster]
         # A speed outcome, not an accuracy problem: in the report and the log; the runtime logs it again per run
         notes = [f"{n}: CPU INT8 is not faster than FP32 here ({parts[n].speed.speedup:.2f}x < {MIN_CPU_SPEEDUP:g}x); "
                  f"--precision auto keeps FP32 for this part on ONNX Runtime" for n in extra]
@@ -209,7 +208,7 @@ def cpu_int8_bundle(bundle: Bundle, options: Int8Options, settings: CpuInt8Setti
                     remove_form(bundle.root, parts[n], "end-to-end gate")
                 warnings.append(end_to_end_warning(e2e["auto"], options))
         if extra:
-            kept = [n for n in PART_NAMES if parts[n].kept]
+            kept = [n for n in q.names if parts[n].kept]
             once = replace(options, gate=replace(options.gate, on_failure="stop"))  # one run, no fallback
             e2e["int8"], _ = end_to_end_gate(bundle, q, gate_for(parts, kept), reference, split.held_out, once)
             if not e2e["int8"]["passed"]:

@@ -32,7 +32,7 @@ from calibration.sampling import FrameRef
 from runtime.backends.onnxruntime import OnnxRuntimeRunner
 from runtime.bundle import Bundle, PartEntry
 from runtime.episodes import EpisodeInfo
-from runtime.specs import PART_NAMES, PartSpec
+from runtime.specs import PartSpec
 
 if TYPE_CHECKING:
     from build_engines.int8 import GateSettings, Quantizer
@@ -146,8 +146,7 @@ def part_entries(bundle: Bundle, flagged: Mapping[str, set[str]],
     """Write every part's FP16-typed graphs; the updated entries and, per part, what stayed FP32 and why."""
     parts: dict[str, PartEntry] = {}
     kept_report: dict[str, Any] = {}
-    for name in PART_NAMES:
-        entry = bundle.manifest.parts[name]
+    for name, entry in bundle.manifest.parts.items():
         fp16, fp16_data, fp16_layers, kept = write_part(bundle.root, entry.onnx, f"{name}.fp16.onnx",
                                                         flagged.get(name, set()))
         layers = {"fp16": fp16_layers}
@@ -174,7 +173,7 @@ def flagged_nodes(q: Quantizer, refs: Sequence[FrameRef], frames: Mapping[Path, 
     """The overflow scan of every FP32 part over the calibration frames: nodes to keep FP32, and the report."""
     flagged: dict[str, set[str]] = {}
     report: dict[str, Any] = {}
-    for name in PART_NAMES:
+    for name in q.names:
         peaks = overflow_scan(q.bundle.part_path(name), q.calibration_feeds(name, refs, frames, q.fp32))
         report[name] = overflow_report(peaks)
         flagged[name] = set(report[name]["flagged"])
@@ -195,12 +194,12 @@ def with_episodes(q: Quantizer, parts: Mapping[str, PartEntry], refs: Sequence[F
     flagged, overflow = flagged_nodes(q, refs, frames)
     int8_parts = [name for name, entry in parts.items() if entry.precision == "int8"]
     updated, kept = part_entries(bundle, flagged, int8_parts)
-    parts_report: dict[str, Any] = {name: {} for name in PART_NAMES}
+    parts_report: dict[str, Any] = {name: {} for name in q.names}
     end_to_end: dict[str, Any] = {}
     for label in ("fp16", "int8_fp16"):  # one label's emulation sessions alive at a time (a real-size trunk: 5 GB)
         with ExitStack() as sessions:
             runners: dict[str, OnnxRuntimeRunner] = {}
-            for name in PART_NAMES:
+            for name in q.names:
                 entry = updated[name]
                 graph = entry.int8_fp16_onnx if label == "int8_fp16" and entry.int8_fp16_onnx else entry.fp16_onnx
                 runners[name] = gate_runner(bundle.root, str(graph), entry.spec)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from build_engines.graph_passes import clean_graph, has_external_data, save_model
 from build_engines.output_dir import build_temp_dir
-from build_engines.reference import ReferencePolicy
+from build_engines.reference import ReferencePolicy, combine
 from runtime.preprocess import Preprocessing, model_channel_indices
 from runtime.prompt import PromptSettings, image_offset
 from runtime.specs import PartSpec
@@ -27,23 +27,36 @@ log = logging.getLogger("build_engines.export")
 NUMPY_TO_TORCH = {"uint8": torch.uint8, "int64": torch.int64, "float32": torch.float32}
 
 
-class VisionExport(nn.Module):
-    """uint8 `(1, S, S, C)` frame -> image embeds `(1, 64, D)`; channel pick, /255 and CLIP norm inside."""
+class FramePixels(nn.Module):
+    """uint8 `(1, S, S, C)` frame -> normalized pixels `(1, 3, S, S)`: channel pick, /255 and the training
+    normalization inside the graph (runtime/preprocess.py `normalize_frame` is the same on the host)."""
 
     channels: Tensor
     mean: Tensor
     std: Tensor
 
-    def __init__(self, policy: ReferencePolicy, pre: Preprocessing) -> None:
+    def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
-        self.policy = policy
         self.register_buffer("channels", torch.tensor(model_channel_indices(pre), dtype=torch.long))
         self.register_buffer("mean", torch.tensor(pre.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(pre.image_std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, frame: Tensor) -> Tensor:
         pixels = frame.to(torch.float32).index_select(3, self.channels).permute(0, 3, 1, 2) / 255.0
-        pixels = (pixels - self.mean) / self.std
+        out: Tensor = (pixels - self.mean) / self.std
+        return out
+
+
+class VisionExport(nn.Module):
+    """uint8 `(1, S, S, C)` frame -> image embeds `(1, 64, D)`; channel pick, /255 and CLIP norm inside."""
+
+    def __init__(self, policy: ReferencePolicy, pre: Preprocessing) -> None:
+        super().__init__()
+        self.policy = policy
+        self.pixels = FramePixels(pre)
+
+    def forward(self, frame: Tensor) -> Tensor:
+        pixels = self.pixels(frame)
         vision = self.policy.backbone.vision_model
         hidden = vision.model.post_layernorm(vision(pixel_values=pixels).last_hidden_state)
         # L2 normalization written out: F.normalize's ReduceL2 does not survive every exporter/opset path.
@@ -51,6 +64,17 @@ class VisionExport(nn.Module):
         embeds, _ = self.policy.backbone.image_to_text_projection(hidden)
         out: Tensor = embeds
         return out
+
+
+def text_layers(layers: nn.ModuleList, hidden: Tensor, causal: Tensor, attention_mask: Tensor) -> Tensor:
+    """A text transformer's layers over `hidden` with causal attention restricted to `attention_mask`'s tokens
+    (an additive mask: 0 allowed, float min elsewhere)."""
+    allowed = causal.view(1, 1, *causal.shape) & attention_mask.bool()[:, None, None, :]
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+    for layer in layers:
+        out = layer(hidden, attention_mask=mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 class TrunkExport(nn.Module):
@@ -82,40 +106,58 @@ class TrunkExport(nn.Module):
         # Written for any batch (the demo fit trains through this module); exported at batch 1.
         is_action = torch.eq(self.sequence.view(1, -1), action_index.view(-1, 1)).unsqueeze(-1)
         embeds = torch.where(is_action, self.action_token.view(1, 1, -1), embeds)
-        hidden = embeds * self.scale + self.positions
-        allowed = self.causal.view(1, 1, *self.causal.shape) & attention_mask.bool()[:, None, None, :]
-        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
-        for layer in self.text.layers:
-            hidden = layer(hidden, attention_mask=mask)
+        hidden = text_layers(self.text.layers, embeds * self.scale + self.positions, self.causal, attention_mask)
         hidden = self.text.layer_norm(hidden)
         if hidden.shape[0] == 1:  # the exported graph: one Gather
             return hidden.index_select(1, action_index).reshape(1, -1)
         return hidden[torch.arange(hidden.shape[0]), action_index]
 
 
+def ordered(decoded: dict[str, Tensor]) -> tuple[Tensor, ...]:
+    return tuple(decoded[name] for name in ("actions", "gripper_logits") if name in decoded)
+
+
 class HeadExport(nn.Module):
-    """Features of the last `window` frames (zero rows past `history_len`) -> the chunk of the current frame."""
+    """Features of the last `window` frames (zero rows past `history_len`) -> the chunk of the current frame; the
+    ensemble adds the MLP head on the current (last valid) row and combines the two chunks."""
 
     def __init__(self, policy: ReferencePolicy) -> None:
         super().__init__()
         self.head = policy.act_head
+        self.mlp_head = getattr(policy, "mlp_head", None)
+        self.weights = policy.head_config.weights
 
     def forward(self, features: Tensor, history_len: Tensor) -> tuple[Tensor, ...]:
         out, _ = self.head.rnn(features)
         last = out.index_select(1, history_len - 1).reshape(1, -1)  # causal: later (zero) steps do not matter
         decoded = self.head.decode(last)
-        return tuple(decoded[name] for name in ("actions", "gripper_logits") if name in decoded)
+        if self.mlp_head is not None:
+            current = features.index_select(1, history_len - 1).reshape(1, -1)
+            decoded = combine(self.weights, decoded, self.mlp_head(current))
+        return ordered(decoded)
+
+
+class FCHeadExport(nn.Module):
+    """The MLP (FCDecoder) head: the current frame's action feature -> its chunk."""
+
+    def __init__(self, policy: ReferencePolicy) -> None:
+        super().__init__()
+        self.head = policy.act_head
+
+    def forward(self, action_feature: Tensor) -> tuple[Tensor, ...]:
+        return ordered(self.head(action_feature))
 
 
 def export_modules(policy: ReferencePolicy, pre: Preprocessing, prompt: PromptSettings) -> dict[str, nn.Module]:
-    return {"vision": VisionExport(policy, pre), "trunk": TrunkExport(policy, prompt), "head": HeadExport(policy)}
+    head = FCHeadExport(policy) if policy.head_config.kind == "mlp" else HeadExport(policy)
+    return {"vision": VisionExport(policy, pre), "trunk": TrunkExport(policy, prompt), "head": head}
 
 
 def example_inputs(spec: PartSpec) -> tuple[Tensor, ...]:
     """Valid dummy inputs (indices in range) for tracing."""
     values = []
     for t in spec.inputs:
-        if t.name in ("action_index", "history_len", "attention_mask"):
+        if t.dtype == "int64":  # indices, lengths and masks: 1 is valid everywhere
             values.append(torch.ones(t.shape, dtype=torch.int64))
         else:
             values.append(torch.zeros(t.shape, dtype=NUMPY_TO_TORCH[t.dtype]))

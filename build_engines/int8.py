@@ -1,9 +1,10 @@
 """`build_engines --int8`: cascade calibration on the robot's episodes, Q/DQ parts, and the accuracy gate.
 
-Order: vision, trunk, head. Each part is calibrated on its upstream as deployed (cascade.py), quantized
-(quantize.py), and gated at once on held-out frames (per-part cosine against FP32, each part fed the same FP32
-inputs so errors do not compound). Then the end-to-end gate runs held-out episodes through the real runtime
-pipeline twice, FP32 and as deployed, and compares chunk[0] (MAE, max, sign agreement). A part that fails falls
+Order: the bundle's parts in run order (runtime/plan.py; vision, trunk, head for Kosmos-2 + LSTM). Each part is
+calibrated on its upstream as deployed (cascade.py), quantized (quantize.py), and gated at once on held-out frames
+(per-part cosine against FP32, each part fed the same FP32 inputs so errors do not compound). Then the end-to-end
+gate runs held-out episodes through the real runtime pipeline twice, FP32 and as deployed, and compares chunk[0]
+(MAE, max, sign agreement). A part that fails falls
 back to FP16 with a warning in the manifest (`--on-gate-failure fallback`), or the build stops (`stop`); when the
 end-to-end gate fails, the INT8 part with the lowest cosine falls back first, until the gate passes.
 
@@ -27,17 +28,7 @@ import numpy as np
 from build_engines import device_graphs
 from build_engines.memory import stage_memory
 from build_engines.quantize import QuantSettings, quantize_part
-from calibration.cascade import (
-    Embeds,
-    EpisodeFrames,
-    Feed,
-    TextFeeds,
-    head_feeds,
-    load_frames,
-    trunk_feeds,
-    vision_embeds,
-    vision_feeds,
-)
+from calibration.cascade import EpisodeFrames, Feed, PlanValues, TextFeeds, load_frames
 from calibration.sampling import FrameRef, SampleSettings, sample_frames, split_episodes
 from runtime.backends.base import Runner
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeRunner
@@ -48,7 +39,6 @@ from runtime.pipeline import PolicyPipeline
 from runtime.preprocess import COLOR_ORDERS, check_choice
 from runtime.prompt import PromptEncoder
 from runtime.scoring import DEFAULT_DEAD_BAND, Scores, cosine, score
-from runtime.specs import PART_NAMES
 
 log = logging.getLogger("build_engines.int8")
 T = TypeVar("T")
@@ -159,7 +149,7 @@ def scan_dataset(options: Int8Options, window: int) -> DatasetScan:
 
 
 class Quantizer:
-    """Runs the cascade over the three parts of a staged bundle."""
+    """Runs the cascade over the parts of a staged bundle, in run order."""
 
     def __init__(self, bundle: Bundle, options: Int8Options, stack: ExitStack) -> None:
         self.bundle, self.options, self.stack = bundle, options, stack
@@ -167,17 +157,16 @@ class Quantizer:
         self.window = manifest.policy.window
         self.encoder = PromptEncoder(bundle.path(manifest.prompt.tokenizer_file), manifest.prompt)
         self.text = TextFeeds(self.encoder, manifest.prompt.default_instruction)
-        self.fp32 = {name: self.activate(name, bundle.part_path(name)) for name in PART_NAMES}
+        self.names = list(manifest.parts)
+        self.fp32 = {name: self.activate(name, bundle.part_path(name)) for name in self.names}
         self.int8: dict[str, OnnxRuntimeRunner] = {}
         self.deployed: dict[str, Runner] = {}
-        self._embeds: dict[tuple[int, int], Embeds] = {}  # (vision runner, frame set) -> image embeds, once each
+        self._values: dict[int, PlanValues] = {}  # per frame set: every part's outputs, each computed once
 
-    def embeds(self, vision: Runner, frames: Mapping[Path, EpisodeFrames]) -> Embeds:
-        """The trunk's and the head's feeds need the same frames' image embeds: run the vision part once."""
-        key = (id(vision), id(frames))
-        if key not in self._embeds:
-            self._embeds[key] = vision_embeds(frames, vision)
-        return self._embeds[key]
+    def values(self, frames: Mapping[Path, EpisodeFrames]) -> PlanValues:
+        if id(frames) not in self._values:
+            self._values[id(frames)] = PlanValues(self.bundle.plan, frames, self.text, self.window)
+        return self._values[id(frames)]
 
     def activate(self, name: str, path: Path) -> OnnxRuntimeRunner:
         runner = OnnxRuntimeRunner(path, self.bundle.manifest.parts[name].spec)
@@ -186,12 +175,8 @@ class Quantizer:
 
     def calibration_feeds(self, name: str, refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames],
                           upstream: Mapping[str, Runner]) -> list[Feed]:
-        if name == "vision":
-            return vision_feeds(refs, frames)
-        embeds = self.embeds(upstream["vision"], frames)
-        if name == "trunk":
-            return trunk_feeds(refs, embeds, self.text)
-        return head_feeds(refs, frames, embeds, upstream["trunk"], self.text, self.window)
+        """Part `name`'s inputs at `refs`, its upstream parts run with `upstream` (the cascade, cascade.py)."""
+        return self.values(frames).feeds(name, refs, upstream)
 
     def quantize(self, name: str, refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames]) -> dict[str, Any]:
         entry = self.bundle.manifest.parts[name]
@@ -244,7 +229,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
     memory: dict[str, float] = {}  # peak resident memory of calibration + Q/DQ, then of the device graphs
     with ExitStack() as stack:
         q = Quantizer(bundle, options, stack)
-        for name in progress(PART_NAMES, "quantizing parts"):
+        for name in progress(q.names, "quantizing parts"):
             quantization[name] = q.quantize(name, refs, calib_frames)
             gate_feeds = q.calibration_feeds(name, held_refs, held_frames, q.fp32)
             gates[name] = part_gate(q.fp32[name], q.int8[name], gate_feeds, options.gate.cosine)
@@ -264,7 +249,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
             )
         warnings += [f"{name}: INT8 fell back to FP16 to meet the end-to-end gate" for name in fallbacks]
         parts = {}
-        for name in PART_NAMES:
+        for name in q.names:
             onnx_name = f"{name}.int8.onnx"
             parts[name] = replace(manifest.parts[name], int8_onnx=onnx_name,
                                   int8_external_data=external_file(bundle.root, onnx_name),
@@ -293,7 +278,7 @@ def quantize_bundle(bundle: Bundle, options: Int8Options) -> Int8Result:
         "gate": {"thresholds": asdict(options.gate), "parts": {n: asdict(g) for n, g in gates.items()},
                  "end_to_end": end_to_end},
         "device_graphs": device.report,
-        "precision": {name: parts[name].precision for name in PART_NAMES},
+        "precision": {name: entry.precision for name, entry in parts.items()},
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 1),
         "memory": memory,
@@ -310,10 +295,10 @@ def end_to_end_gate(bundle: Bundle, q: Quantizer, gates: Mapping[str, PartGate],
                     held_out: Sequence[EpisodeInfo], options: Int8Options) -> tuple[dict[str, Any], list[str]]:
     """Compare chunk[0] as deployed with FP32; fall back the weakest INT8 part until the gate passes."""
     gate = options.gate
-    int8_parts = [name for name in PART_NAMES if gates[name].passed]
+    int8_parts = [name for name in q.names if gates[name].passed]
     fallbacks: list[str] = []
     while True:
-        runners = {name: q.int8[name] if name in int8_parts else q.fp32[name] for name in PART_NAMES}
+        runners = {name: q.int8[name] if name in int8_parts else q.fp32[name] for name in q.names}
         deployed = chunk0_episodes(bundle, runners, held_out, options.color, "gate: INT8 episodes")
         scores: Scores = score(deployed, reference, gate.dead_band)
         finite = bool(np.isfinite(deployed).all() and np.isfinite(reference).all())

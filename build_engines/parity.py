@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from build_engines.reference import ReferencePolicy, ReferenceStep, run_reference_episode
+from build_engines.adapters.base import PolicyAdapter, Reference
+from calibration.cascade import feed_for
 from runtime.backends.base import Runner
 from runtime.backends.onnxruntime import onnx_backend
 from runtime.bundle import Bundle
@@ -57,10 +58,11 @@ class PartParity:
 
 @dataclass
 class ParityReport:
-    parts: dict[str, PartParity]  # vision, trunk, head, end_to_end (de-normalized chunk), chunk0
+    parts: dict[str, PartParity]  # every part, end_to_end (de-normalized chunk), chunk0
     frames: int
     layout: str
     head_variant: str
+    family: str = "robovlms-lstm"
 
     @property
     def passed(self) -> bool:
@@ -71,6 +73,7 @@ class ParityReport:
             "frames": self.frames,
             "layout": self.layout,
             "head_variant": self.head_variant,
+            "family": self.family,
             "passed": self.passed,
             "parts": {name: p.to_dict() for name, p in self.parts.items()},
         }
@@ -80,50 +83,45 @@ def numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def reference_chunk(step: ReferenceStep) -> np.ndarray:
-    return numpy(step.outputs["actions"][0])
-
-
-def check_parts(runners: Mapping[str, Runner], steps: Sequence[ReferenceStep], frames: Sequence[np.ndarray],
-                bundle: Bundle, prompt_ids: Sequence[int]) -> dict[str, ErrorStats]:
-    """Each part fed the reference's own inputs, so errors do not compound across parts."""
+def check_parts(runners: Mapping[str, Runner], steps: Reference, frames: Sequence[np.ndarray], bundle: Bundle,
+                prompt_ids: Sequence[int]) -> dict[str, ErrorStats]:
+    """Each part fed the reference's own inputs (built from its sources, calibration/cascade.py), so errors do not
+    compound across parts."""
     manifest = bundle.manifest
     text = layout_text_inputs(list(prompt_ids), manifest.prompt).feed()
-    window, dim = manifest.policy.window, manifest.policy.text_dim
-    stats = {"vision": ErrorStats(), "trunk": ErrorStats(), "head": ErrorStats()}
-    for t, (frame, step) in enumerate(zip(frames, steps, strict=True)):
-        got = runners["vision"].infer({"frame": frame[None]})["image_embeds"]
-        stats["vision"].add(got, numpy(step.image_embeds))
-        got = runners["trunk"].infer({"image_embeds": numpy(step.image_embeds), **text})["action_feature"]
-        stats["trunk"].add(got, numpy(step.feature))
-        history = np.zeros((1, window, dim), dtype=np.float32)
-        recent = [numpy(s.feature)[0] for s in steps[max(0, t + 1 - window) : t + 1]]
-        history[0, : len(recent)] = recent
-        outputs = runners["head"].infer({"features": history, "history_len": np.array([len(recent)], np.int64)})
-        for name, value in outputs.items():
-            stats["head"].add(value, numpy(step.outputs[name]))
+    plan = bundle.plan
+    stats = {name: ErrorStats() for name in manifest.parts}
+    for t in range(len(frames)):
+        for name in manifest.parts:
+            feed = feed_for(plan, name, t, lambda key, i: numpy(steps[i][key]), lambda i: frames[i], text,
+                            manifest.policy.window)
+            for output, got in runners[name].infer(feed).items():
+                stats[name].add(got, numpy(steps[t][f"{name}.{output}"]))
     return stats
 
 
-def check_parity(policy: ReferencePolicy, bundle: Bundle, frames: Sequence[np.ndarray],
+def check_parity(adapter: PolicyAdapter, model: torch.nn.Module, bundle: Bundle, frames: Sequence[np.ndarray],
                  prompt_ids: Sequence[int], instruction: str, tolerance: float) -> ParityReport:
     manifest = bundle.manifest
-    steps = run_reference_episode(policy, frames, prompt_ids, manifest.prompt, manifest.preprocessing)
+    with torch.no_grad():
+        steps = adapter.reference(model, frames, prompt_ids, manifest.prompt, manifest.preprocessing)
     output = OutputSettings(manifest.action.output_scale, manifest.action.output_limit)
+    final = bundle.plan.final.name
     with onnx_backend(bundle) as backend:
         part_stats = check_parts(backend.runners, steps, frames, bundle, prompt_ids)
         pipeline = PolicyPipeline(bundle, backend, instruction, output)
         end_to_end, first = ErrorStats(), ErrorStats()
         for frame, step in zip(frames, steps, strict=True):
             result = pipeline.step(frame)
-            want = denormalize(reference_chunk(step), manifest.action, output)
+            want = denormalize(numpy(step[f"{final}.actions"][0]), manifest.action, output)
             end_to_end.add(result.chunk, want)
             first.add(result.velocity, want[0])
     specs = {name: entry.spec for name, entry in manifest.parts.items()}
     parts = {name: PartParity(stats, specs[name].tolerance) for name, stats in part_stats.items()}
     parts["end_to_end"] = PartParity(end_to_end, tolerance)
     parts["chunk0"] = PartParity(first, tolerance)
-    return ParityReport(parts, len(frames), manifest.prompt.layout, manifest.policy.head_variant)
+    return ParityReport(parts, len(frames), manifest.prompt.layout, manifest.policy.head_variant,
+                        manifest.policy.family)
 
 
 def parity_failure(parity: ParityReport) -> str:

@@ -13,13 +13,16 @@ from runtime.errors import MobileVLAError
 from runtime.specs import HEAD_VARIANTS
 
 PRESETS = ("tiny", "mid", "kosmos-2")
+HEAD_KINDS = ("lstm", "mlp", "ensemble")  # RoboVLMs' LSTMDecoder, FCDecoder, both with fixed weights
 TINY_VOCAB = 512
 NUM_IMAGE_TOKENS = 64  # Kosmos-2's latent queries; both layouts depend on this count
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The LSTM policy head (docs/design.md §2.3). `chunk` = fwd_pred_next_n, `window` = window_size."""
+    """The policy head (docs/design.md §2.3, §2.6). `chunk` = fwd_pred_next_n, `window` = window_size (1 for the
+    MLP head: it reads only the current frame's feature). `hidden_size` is the LSTM's (lstm, ensemble) or the
+    FCDecoder's (mlp; the ensemble's MLP head: `mlp_hidden`)."""
 
     variant: str = "velocities"
     hidden_size: int = 512
@@ -27,10 +30,15 @@ class HeadConfig:
     chunk: int = 10
     window: int = 8
     action_dim: int = 2
+    kind: str = "lstm"
+    mlp_hidden: int = 0  # the ensemble's FCDecoder width (0: hidden_size)
+    weights: tuple[float, float] = (0.5, 0.5)  # ensemble: (LSTM, MLP) weights of the combined chunk
 
     def __post_init__(self) -> None:
         if self.variant not in HEAD_VARIANTS:
             raise MobileVLAError(f"unknown head variant {self.variant!r}; expected one of {', '.join(HEAD_VARIANTS)}")
+        if self.kind not in HEAD_KINDS:
+            raise MobileVLAError(f"unknown head kind {self.kind!r}; expected one of {', '.join(HEAD_KINDS)}")
         if self.variant == "actions_gripper" and self.action_dim < 2:
             raise MobileVLAError(f"the actions+gripper head needs action_dim >= 2, got {self.action_dim}")
 
@@ -67,12 +75,14 @@ def kosmos_config(preset: str) -> Kosmos2Config:
     return with_eager_attention(config)
 
 
-def with_eager_attention(config: Kosmos2Config) -> Kosmos2Config:
+def with_eager_attention(config: Any) -> Any:
+    """Eager attention (plain MatMul/Softmax in the exported graphs) in a config and its text/vision configs."""
     configs: list[Any] = [config, config.text_config, config.vision_config]
     for cfg in configs:
         cfg._attn_implementation = "eager"
     return config
 
 
-def tiny_head(variant: str = "velocities") -> HeadConfig:
-    return HeadConfig(variant=variant, hidden_size=64, action_dim=2 if variant == "velocities" else 3)
+def tiny_head(variant: str = "velocities", kind: str = "lstm") -> HeadConfig:
+    return HeadConfig(variant=variant, hidden_size=64, action_dim=2 if variant == "velocities" else 3, kind=kind,
+                      window=1 if kind == "mlp" else 8, mlp_hidden=64 if kind == "ensemble" else 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ log = logging.getLogger("build_engines")
 TOKENIZER_FILE = "tokenizer.json"
 GENERATED = "generated (tiny preset)"
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<grounding>")
+KOSMOS_SPECIALS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>"}  # roles -> token (Kosmos-2; the generated tokenizer)
 
 
 def tokenizer_source(tokenizer: Path | None, kosmos_dir: Path | None, generated_ok: bool) -> Path | None:
@@ -73,7 +75,8 @@ def write_tokenizer(source: Path | None, stage: Path, preset: str) -> dict[str, 
     return {"tokenizer": origin, "tokenizer_sha256": sha256_file(target)}
 
 
-def special_token_ids(tokenizer: Path, label: Path | str | None = None) -> tuple[dict[str, int], int]:
+def special_token_ids(tokenizer: Path, label: Path | str | None = None,
+                      tokens: Sequence[str] = SPECIAL_TOKENS) -> tuple[dict[str, int], int]:
     """The Kosmos-2 special tokens' ids in `tokenizer` and its vocabulary size; `label` names the file in messages
     (the user's file when `tokenizer` is its copy in the staged bundle)."""
     from tokenizers import Tokenizer
@@ -86,22 +89,44 @@ def special_token_ids(tokenizer: Path, label: Path | str | None = None) -> tuple
             f"tokenizer {name} is not a readable tokenizer.json ({exc}); pass the file `tokenizer.save_pretrained` "
             f"wrote"
         ) from exc
-    found = {token: tok.token_to_id(token) for token in SPECIAL_TOKENS}
+    found = {token: tok.token_to_id(token) for token in tokens}
     absent = [token for token, value in found.items() if value is None]
     if absent:
         raise MobileVLAError(
-            f"tokenizer {name} lacks the Kosmos-2 special tokens {absent}; pass the tokenizer.json the policy was "
-            f"trained with"
+            f"tokenizer {name} lacks the special tokens {absent}; pass the tokenizer.json the policy was trained "
+            f"with"
         )
     ids = {token: int(value) for token, value in found.items() if value is not None}
     return ids, int(tok.get_vocab_size(with_added_tokens=True))
 
 
+def special_roles(tokenizer: Path, candidates: Sequence[Mapping[str, str]],
+                  label: Path | str | None = None) -> tuple[dict[str, int], int]:
+    """bos/eos/pad ids from the first of `candidates` (role -> token name) whose tokens all exist in `tokenizer`
+    (a CLIP tokenizer names them <|startoftext|>/<|endoftext|>); refused, listing what was looked for, if none."""
+    from tokenizers import Tokenizer
+
+    _, size = special_token_ids(tokenizer, label, ())  # an unreadable file is refused with its message here
+    vocab = Tokenizer.from_file(str(tokenizer)).get_vocab(with_added_tokens=True)
+    for names in candidates:
+        if all(token in vocab for token in names.values()):
+            return {role: vocab[token] for role, token in names.items()}, size
+    wanted = " or ".join("/".join(names.values()) for names in candidates)
+    raise MobileVLAError(f"tokenizer {label or tokenizer} has none of the special-token sets {wanted}; pass the "
+                         f"tokenizer.json the policy was trained with")
+
+
 def prompt_settings(tokenizer: Path, layout: str, instruction: str, max_prompt_tokens: int, vocab_size: int,
-                    label: Path | str | None = None) -> PromptSettings:
-    """The manifest's prompt settings, with the special-token ids read from `tokenizer`; refuses a tokenizer whose
-    ids do not fit the policy's embedding table (`vocab_size` rows)."""
-    ids, size = special_token_ids(tokenizer, label)
+                    label: Path | str | None = None, template: str = PROMPT_TEMPLATE,
+                    specials: Sequence[Mapping[str, str]] | None = None) -> PromptSettings:
+    """The manifest's prompt settings, with the special-token ids read from `tokenizer` (Kosmos-2's, or the first
+    complete set of `specials`); refuses a tokenizer whose ids do not fit the policy's embedding table (`vocab_size`
+    rows)."""
+    if specials is None:
+        found, size = special_token_ids(tokenizer, label)
+        ids = {role: found[token] for role, token in KOSMOS_SPECIALS.items()}
+    else:
+        ids, size = special_roles(tokenizer, specials, label)
     if size > vocab_size:
         raise MobileVLAError(
             f"tokenizer {label or tokenizer} has {size} tokens but the policy's embedding table has {vocab_size} "
@@ -109,9 +134,9 @@ def prompt_settings(tokenizer: Path, layout: str, instruction: str, max_prompt_t
             f"directory"
         )
     return PromptSettings(
-        layout=layout, template=PROMPT_TEMPLATE, default_instruction=instruction,
+        layout=layout, template=template, default_instruction=instruction,
         max_prompt_tokens=max_prompt_tokens, num_image_tokens=NUM_IMAGE_TOKENS,
-        bos_id=ids["<s>"], eos_id=ids["</s>"], pad_id=ids["<pad>"], tokenizer_file=TOKENIZER_FILE,
+        bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"], tokenizer_file=TOKENIZER_FILE,
     )
 
 

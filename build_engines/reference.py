@@ -42,30 +42,55 @@ class MLPHead(nn.Module):
         return out
 
 
-class PolicyHead(nn.Module):
-    """LSTM + MLP heads; key names match RoboVLMs (`rnn`, `velocities` | `actions` + `gripper`)."""
+class ActionMLPs(nn.Module):
+    """The action MLPs on a hidden vector; key names match RoboVLMs (`velocities` | `actions` + `gripper`)."""
 
-    def __init__(self, text_dim: int, config: HeadConfig) -> None:
+    def __init__(self, hidden: int, config: HeadConfig) -> None:
         super().__init__()
         self.config = config
-        self.rnn = nn.LSTM(text_dim, config.hidden_size, num_layers=config.num_layers, batch_first=True)
         if config.variant == "velocities":
-            self.velocities = MLPHead(config.hidden_size, config.action_outputs, tanh=True)
+            self.velocities = MLPHead(hidden, config.action_outputs, tanh=True)
         else:
-            self.actions = MLPHead(config.hidden_size, config.action_outputs, tanh=True)
-            self.gripper = MLPHead(config.hidden_size, config.chunk, tanh=False)
+            self.actions = MLPHead(hidden, config.action_outputs, tanh=True)
+            self.gripper = MLPHead(hidden, config.chunk, tanh=False)
 
     def decode(self, last: Tensor) -> dict[str, Tensor]:
-        """LSTM output of the current step `(1, H)` -> `actions (1, n, d')` (+ `gripper_logits (1, n)`)."""
+        """Hidden vector of the current step `(1, H)` -> `actions (1, n, d')` (+ `gripper_logits (1, n)`)."""
         n = self.config.chunk
         if self.config.variant == "velocities":
             return {"actions": self.velocities(last).reshape(1, n, -1)}
         return {"actions": self.actions(last).reshape(1, n, -1), "gripper_logits": self.gripper(last)}
 
+
+class PolicyHead(ActionMLPs):
+    """RoboVLMs' LSTMDecoder (docs/design.md §2.3): `rnn` + the action MLPs."""
+
+    def __init__(self, text_dim: int, config: HeadConfig) -> None:
+        super().__init__(config.hidden_size, config)
+        self.rnn = nn.LSTM(text_dim, config.hidden_size, num_layers=config.num_layers, batch_first=True)
+
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """Features of the last k frames `(1, k, D)`, LSTM from zero state, output of the last step."""
         out, _ = self.rnn(features)
         return self.decode(out[:, -1])
+
+
+class FCHead(ActionMLPs):
+    """RoboVLMs' FCDecoder (docs/design.md §2.6): `mlp` (D -> D/2 -> ReLU -> hidden) + the action MLPs, on the
+    current frame's action feature only (one token: the max-pool over tokens is the identity)."""
+
+    def __init__(self, text_dim: int, config: HeadConfig, hidden: int) -> None:
+        super().__init__(hidden, config)
+        self.mlp = nn.Sequential(nn.Linear(text_dim, text_dim // 2), nn.ReLU(), nn.Linear(text_dim // 2, hidden))
+
+    def forward(self, feature: Tensor) -> dict[str, Tensor]:
+        """The current frame's feature `(1, D)` -> its chunk."""
+        return self.decode(self.mlp(feature))
+
+
+def combine(weights: tuple[float, float], first: dict[str, Tensor], second: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ensemble's chunk: `w0·first + w1·second` per output (gripper logits alike)."""
+    return {name: weights[0] * first[name] + weights[1] * second[name] for name in first}
 
 
 class ReferencePolicy(nn.Module):
@@ -77,9 +102,23 @@ class ReferencePolicy(nn.Module):
         text_config: Any = kosmos.text_config
         self.text_dim = int(text_config.embed_dim)
         self.action_token = nn.Parameter(torch.zeros(self.text_dim))
-        self.act_head = PolicyHead(self.text_dim, head)
         self.head_config = head
+        self.act_head: Any = (FCHead(self.text_dim, head, head.hidden_size) if head.kind == "mlp"
+                                    else PolicyHead(self.text_dim, head))
+        if head.kind == "ensemble":  # the FCDecoder beside the LSTM: `mlp_head.*` keys
+            self.mlp_head = FCHead(self.text_dim, head, head.mlp_hidden or head.hidden_size)
         self.eval()
+
+    def head_outputs(self, recent: Tensor) -> dict[str, Tensor]:
+        """The chunk from the features of the last k frames `(1, k, D)` (the MLP head reads only the last)."""
+        kind = self.head_config.kind
+        if kind == "mlp":
+            out: dict[str, Tensor] = self.act_head(recent[:, -1])
+            return out
+        lstm: dict[str, Tensor] = self.act_head(recent)
+        if kind == "lstm":
+            return lstm
+        return combine(self.head_config.weights, lstm, self.mlp_head(recent[:, -1]))
 
     def image_embeds(self, pixel_values: Tensor) -> Tensor:
         """CLIP-normalized pixels `(1, 3, S, S)` -> image embeds `(1, 64, D)` (docs/design.md §2.1 step 4)."""
@@ -139,7 +178,8 @@ def run_reference_episode(
     prompt: PromptSettings,
     pre: Preprocessing,
 ) -> list[ReferenceStep]:
-    """Output at frame t = LSTM from zero state over the features of the last min(t, window) frames."""
+    """Output at frame t = the head over the features of the last min(t, window) frames (the LSTM from zero
+    state; the MLP head on the last one)."""
     window = policy.head_config.window
     features: list[Tensor] = []
     steps = []
@@ -148,6 +188,6 @@ def run_reference_episode(
         feature = policy.action_feature(embeds, prompt_ids, prompt)
         features.append(feature)
         recent = features[-window:]
-        outputs = policy.act_head(torch.stack(recent, dim=1))
+        outputs = policy.head_outputs(torch.stack(recent, dim=1))
         steps.append(ReferenceStep(embeds, feature, outputs, len(recent)))
     return steps

@@ -50,6 +50,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "# Build report",
         "",
         f"- source: {report['source']['checkpoint']}",
+        f"- policy family: {parity.get('family', 'robovlms-lstm')}",
         f"- layout: {report['layout']} (a bundle setting: it cannot be read from the checkpoint)",
         f"- head variant: {parity['head_variant']}",
         f"- parity: {'PASSED' if parity['passed'] else 'FAILED'} over {parity['frames']} frames (FP32, ONNX Runtime "
@@ -68,6 +69,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += device_markdown(report["device_graphs"])
     if "plan" in report:
         lines += plan_markdown(report["plan"])
+    if "camera_skew" in report:  # the capture's resize vs training's (runtime/skew.py), when episodes were given
+        from runtime.skew_report import skew_markdown
+
+        lines += [skew_markdown(report["camera_skew"]), ""]
     return "\n".join(lines)
 
 

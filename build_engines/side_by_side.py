@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from build_engines.adapters.robovlms import RoboVLMsAdapter
 from build_engines.demo.episodes import SyntheticSpec, generate_episodes
-from build_engines.demo.policy import random_head, seeded_policy
 from build_engines.presets import PRESETS
 from build_engines.reference import ReferencePolicy
 from runtime.backends.onnx_forms import open_onnx_backend
@@ -70,7 +70,7 @@ class EagerServer:
         feature = self.padded_feature(embeds)
         self.features.append(feature)
         window = self.policy.head_config.window
-        outputs = self.policy.act_head(torch.stack(self.features[-window:], dim=1))
+        outputs = self.policy.head_outputs(torch.stack(self.features[-window:], dim=1))
         self.features = self.features[-window:]
         raw = outputs["actions"][0].numpy()
         return denormalize(raw, self.action, self.output)[0]
@@ -150,8 +150,9 @@ def policy_for(bundle: Bundle) -> ReferencePolicy:
         raise MobileVLAError(f"bundle {bundle.root} was built from {checkpoint!r}; the side-by-side benchmark "
                              f"re-creates the policy from a --random-weights bundle's preset and seed: build one "
                              f"with `build_engines --random-weights --preset mid --int8 --output DIR`")
-    preset = str(source["preset"])
-    return seeded_policy(int(source["seed"]), preset, random_head(preset))
+    policy = RoboVLMsAdapter().random_policy(str(source["preset"]), int(source["seed"])).policy
+    assert isinstance(policy, ReferencePolicy)
+    return policy
 
 
 def episode_images(directory: Path, frames: int) -> list[np.ndarray]:

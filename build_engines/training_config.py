@@ -219,15 +219,21 @@ def read_training_config(path: Path) -> TrainingConfig:
     )
 
 
+def decoder_type(head: HeadConfig) -> str:
+    if head.kind == "mlp":
+        return "FCDecoder"
+    return "MobileVLALSTMDecoder" if head.variant == "velocities" else "LSTMDecoder"
+
+
 def write_training_config(path: Path, head: HeadConfig, lora_r: int, lora_alpha: float,
-                          action: ActionSettings) -> None:
-    """A RoboVLMs-style training config JSON matching a written checkpoint."""
-    config = {
+                          action: ActionSettings, extra: Mapping[str, Any] | None = None) -> None:
+    """A RoboVLMs-style training config JSON matching a written checkpoint (`lora_r` 0: no LoRA)."""
+    config: dict[str, Any] = {
         "model": "kosmos",
         "window_size": head.window,
         "fwd_pred_next_n": head.chunk,
         "act_head": {
-            "type": "MobileVLALSTMDecoder" if head.variant == "velocities" else "LSTMDecoder",
+            "type": decoder_type(head),
             "hidden_size": head.hidden_size,
             "action_dim": head.action_dim,
             "down_sample": "none",
@@ -235,12 +241,14 @@ def write_training_config(path: Path, head: HeadConfig, lora_r: int, lora_alpha:
             "window_size": 1,
             "fwd_pred_next_n": 1,
         },
-        "train_setup": {"lora_enable": True, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.05},
+        "train_setup": ({"lora_enable": True, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": 0.05}
+                        if lora_r else {"lora_enable": False}),
         "norm_action": action.norm_action,
         "norm_min": list(action.norm_min) if len(action.norm_min) > 1 else action.norm_min[0],
         "norm_max": list(action.norm_max) if len(action.norm_max) > 1 else action.norm_max[0],
         "image_size": IMAGE_SIZE,
         "image_mean": list(CLIP_MEAN),
         "image_std": list(CLIP_STD),
+        **(extra or {}),
     }
     path.write_text(json.dumps(config, indent=2) + "\n")

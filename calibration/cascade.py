@@ -1,10 +1,10 @@
-"""Cascade calibration data: each part is calibrated on what its upstream part really produces.
+"""Cascade calibration data: each part is calibrated on what its upstream parts really produce.
 
-- vision: the sampled frames, read through the runtime's episode reader and preprocessing (the same uint8 frames
-  the runtime feeds the vision graph);
-- trunk: the upstream vision part's image embeds for those frames, with the episode's own prompt;
-- head: history windows of real trunk features: for a sampled frame t, the features of frames max(0, t-W+1) .. t
-  of its episode, exactly the head's input at t in the runtime (zero rows past `history_len`).
+A part's inputs at a sampled frame are built from their sources in the bundle's plan (runtime/plan.py), exactly as
+the runtime feeds them: the frame read through the runtime's episode reader and preprocessing; the episode's own
+prompt; upstream outputs computed for that frame by the upstream runners; a window of real upstream features (for
+a sampled frame t, those of frames max(0, t-W+1) .. t, zero rows past `history_len`). For Kosmos-2 + LSTM: vision
+on the frames, the trunk on vision's embeds, the head on windows of trunk features.
 
 "Upstream" is the part as it will run on the device: the Q/DQ graph when it passed the gate, else FP32.
 """
@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from calibration.sampling import FrameRef
 from runtime.backends.base import Runner
 from runtime.episodes import Episode, EpisodeInfo
+from runtime.plan import RunPlan
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptEncoder
 
@@ -104,41 +105,62 @@ class TextFeeds:
         return self._cache[instruction]
 
 
-def vision_feeds(refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames]) -> list[Feed]:
-    return [{"frame": frames[ref.episode.path].frames[ref.index][None]} for ref in refs]
+Lookup = Callable[[str, int], np.ndarray]  # ("part.output", frame index) -> that value for one episode
 
 
-Embeds = dict[Path, dict[int, np.ndarray]]  # episode -> frame index -> image embeds (1, 64, D)
+def feed_for(plan: RunPlan, part: str, index: int, lookup: Lookup, frame: Callable[[int], np.ndarray],
+             text: Feed, window: int) -> Feed:
+    """Part `part`'s inputs at frame `index` of one episode, each from its source (runtime/plan.py): upstream
+    outputs from `lookup`, a window as the last min(index+1, W) values left-aligned with zero rows after them."""
+    feed: Feed = {}
+    for link in plan.inputs_of(part):
+        source = link.source
+        if source.kind == "frame":
+            feed[link.input] = frame(index)[None]
+        elif source.kind == "text":
+            feed[link.input] = text[source.tensor]
+        elif source.kind == "history_len":
+            feed[link.input] = np.array([len(history_indices(index, window))], dtype=np.int64)
+        elif source.kind == "output":
+            feed[link.input] = lookup(source.key, index)
+        else:
+            recent = [lookup(source.key, i)[0] for i in history_indices(index, window)]
+            history = np.zeros((1, window, *recent[0].shape), dtype=np.float32)
+            history[0, : len(recent)] = recent
+            feed[link.input] = history
+    return feed
 
 
-def vision_embeds(frames: Mapping[Path, EpisodeFrames], vision: Runner) -> Embeds:
-    """Image embeds of every loaded frame (sampled frames and their history windows), through `vision`."""
-    return {path: {index: vision.infer({"frame": pixels[None]})["image_embeds"]
-                   for index, pixels in loaded.frames.items()}
-            for path, loaded in frames.items()}
+class PlanValues:
+    """Every part's outputs on a set of loaded frames, run with given runners and computed once each.
 
+    A value is keyed by the runners of its part and of everything upstream of it, so the cascade (upstream as
+    deployed) and the gate (upstream FP32) never mix. Instruction parts run once per episode; a part is run only at
+    the frames something asks for (with a window: the frames of the window, which `load_frames` loaded).
+    """
 
-def trunk_feeds(refs: Sequence[FrameRef], embeds: Embeds, text: TextFeeds) -> list[Feed]:
-    return [{"image_embeds": embeds[ref.episode.path][ref.index], **text.for_episode(ref.episode)} for ref in refs]
+    def __init__(self, plan: RunPlan, frames: Mapping[Path, EpisodeFrames], text: TextFeeds, window: int) -> None:
+        self.plan, self.frames, self.text, self.window = plan, frames, text, window
+        self._memo: dict[tuple[object, ...], dict[str, np.ndarray]] = {}
 
+    def feeds(self, part: str, refs: Sequence[FrameRef], runners: Mapping[str, Runner]) -> list[Feed]:
+        return [self.feed(part, ref.episode.path, ref.index, runners) for ref in refs]
 
-def episode_features(info: EpisodeInfo, embeds: Mapping[int, np.ndarray], trunk: Runner,
-                     text: TextFeeds) -> dict[int, np.ndarray]:
-    """Action features `(D,)` of one episode's loaded frames, through the upstream trunk."""
-    text_feed = text.for_episode(info)
-    return {index: trunk.infer({"image_embeds": value, **text_feed})["action_feature"][0]
-            for index, value in embeds.items()}
+    def feed(self, part: str, path: Path, index: int, runners: Mapping[str, Runner]) -> Feed:
+        loaded = self.frames[path]
 
+        def lookup(key: str, at: int) -> np.ndarray:
+            producer, _, tensor = key.partition(".")
+            return self.outputs(producer, path, at, runners)[tensor]
 
-def head_window(features: Mapping[int, np.ndarray], index: int, window: int) -> Feed:
-    """The head's input at frame `index`: the last min(index+1, W) features, zero rows after them."""
-    recent = [features[i] for i in history_indices(index, window)]
-    history = np.zeros((1, window, recent[0].shape[0]), dtype=np.float32)
-    history[0, : len(recent)] = recent
-    return {"features": history, "history_len": np.array([len(recent)], dtype=np.int64)}
+        return feed_for(self.plan, part, index, lookup, lambda i: loaded.frames[i],
+                        self.text.for_episode(loaded.info), self.window)
 
-
-def head_feeds(refs: Sequence[FrameRef], frames: Mapping[Path, EpisodeFrames], embeds: Embeds, trunk: Runner,
-               text: TextFeeds, window: int) -> list[Feed]:
-    features = {path: episode_features(loaded.info, embeds[path], trunk, text) for path, loaded in frames.items()}
-    return [head_window(features[ref.episode.path], ref.index, window) for ref in refs]
+    def outputs(self, part: str, path: Path, index: int, runners: Mapping[str, Runner]) -> dict[str, np.ndarray]:
+        if self.plan.spec(part).cadence == "instruction":
+            index = -1  # once per episode's instruction
+        used = sorted(self.plan.upstream(part) | {part})
+        key = (part, path, index, *(id(runners[name]) for name in used))
+        if key not in self._memo:
+            self._memo[key] = runners[part].infer(self.feed(part, path, max(index, 0), runners))
+        return self._memo[key]

@@ -75,6 +75,8 @@ class BenchmarkReport:
     alloc_growth_kb: float | None = None  # tracemalloc growth over the timed frames (--alloc-check)
     stops: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # the instruction parts (runtime/plan.py), which run per instruction, not per frame: name -> runs, last_ms
+    instruction_parts: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -83,7 +85,7 @@ class BenchmarkReport:
             "peak_rss_mb": self.peak_rss_mb, "alloc_growth_kb": self.alloc_growth_kb,
             "stages_ms": {name: vars(stats) for name, stats in self.stages.items()},
             "monitor": self.monitor, "clocks": None if self.clocks is None else vars(self.clocks),
-            "zero_commands": self.stops, "warnings": self.warnings,
+            "zero_commands": self.stops, "warnings": self.warnings, "instruction_parts": self.instruction_parts,
         }
 
     def table(self) -> str:
@@ -91,6 +93,9 @@ class BenchmarkReport:
         for name, s in self.stages.items():
             lines.append(f"{name:<13} {s.p50:>9.3f} {s.p90:>9.3f} {s.p99:>9.3f} {s.max:>9.3f}")
         lines.append("-" * 53)
+        for name, run in self.instruction_parts.items():
+            lines.append(f"{name:<13} {run['last_ms']:>9.3f} ms per instruction: ran {run['runs']:.0f}x in "
+                         f"{self.frames + self.warmup} frames (cached between instruction changes)")
         lines.append(f"{self.frames} frames after {self.warmup} warm-up: {self.fps:.1f} FPS, jitter "
                      f"{self.jitter_ms:.3f} ms, peak RSS {self.peak_rss_mb:.0f} MB")
         lines.append(f"backend {self.backend}; source {self.source}")
@@ -130,8 +135,8 @@ def write_plot(recorder: StageRecorder, report: BenchmarkReport, path: Path) -> 
     """Per-frame latency of every stage and the capture-to-command latency distribution, as a PNG."""
     plt = import_pyplot()
     figure, (timeline, histogram) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    for stage in ("total", "vision", "trunk", "head", "capture_wait", "host"):
-        if stage in recorder.stages:
+    for stage in recorder.stages:
+        if stage not in ("frame_copy", "schedule", "publish", "latency"):
             timeline.plot(recorder.values(stage), label=stage, linewidth=0.8)
     timeline.set(xlabel="frame", ylabel="ms", title=f"per-frame stage time ({report.backend})")
     timeline.legend(loc="upper right", fontsize=8)

@@ -16,78 +16,17 @@ from typing import Any
 
 from runtime.cpu_int8 import CpuInt8Form
 from runtime.errors import MobileVLAError
+from runtime.plan import RunPlan, run_plan
+from runtime.policy_settings import DEFAULT_FAMILY, ActionSettings, PolicySettings
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptSettings
-from runtime.specs import HEAD_VARIANTS, PART_NAMES, PartSpec
+from runtime.specs import PartSpec
+
+__all__ = ["DEFAULT_FAMILY", "ActionSettings", "PolicySettings"]  # defined beside, read with the manifest here
 from runtime.value_checks import action_problems
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    head_variant: str  # velocities | actions_gripper
-    chunk: int  # fwd_pred_next_n
-    window: int  # window_size
-    action_dim: int
-    lstm_hidden: int
-    text_dim: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "head_variant": self.head_variant,
-            "fwd_pred_next_n": self.chunk,
-            "window_size": self.window,
-            "action_dim": self.action_dim,
-            "lstm_hidden_size": self.lstm_hidden,
-            "text_dim": self.text_dim,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PolicySettings:
-        variant = str(data["head_variant"])
-        if variant not in HEAD_VARIANTS:
-            raise MobileVLAError(f"manifest head_variant {variant!r} is unknown; expected one of {HEAD_VARIANTS}")
-        return cls(
-            head_variant=variant,
-            chunk=int(data["fwd_pred_next_n"]),
-            window=int(data["window_size"]),
-            action_dim=int(data["action_dim"]),
-            lstm_hidden=int(data["lstm_hidden_size"]),
-            text_dim=int(data["text_dim"]),
-        )
-
-
-@dataclass(frozen=True)
-class ActionSettings:
-    """De-normalization (from training) and output scaling defaults (runtime flags override scale and limit)."""
-
-    norm_action: bool = False
-    norm_min: tuple[float, ...] = (-1.0,)
-    norm_max: tuple[float, ...] = (1.0,)
-    output_scale: float = 1.0
-    output_limit: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "norm_action": self.norm_action,
-            "norm_min": list(self.norm_min),
-            "norm_max": list(self.norm_max),
-            "output_scale": self.output_scale,
-            "output_limit": self.output_limit,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ActionSettings:
-        limit = data.get("output_limit")
-        return cls(
-            norm_action=bool(data["norm_action"]),
-            norm_min=tuple(float(v) for v in data["norm_min"]),
-            norm_max=tuple(float(v) for v in data["norm_max"]),
-            output_scale=float(data.get("output_scale", 1.0)),
-            output_limit=None if limit is None else float(limit),
-        )
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -225,7 +164,7 @@ class Manifest:
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             prompt=PromptSettings.from_dict(data["prompt"]),
             action=ActionSettings.from_dict(data["action"]),
-            parts={name: PartEntry.from_dict(name, data["parts"][name]) for name in PART_NAMES},
+            parts={str(name): PartEntry.from_dict(str(name), part) for name, part in data["parts"].items()},
             files={str(k): str(v) for k, v in data["files"].items()},
             reports={str(k): str(v) for k, v in data.get("reports", {}).items()},
             warnings=tuple(str(w) for w in data.get("warnings", [])),
@@ -243,6 +182,12 @@ class Bundle:
 
     def part_path(self, name: str, precision: str = "fp32") -> Path:
         return self.root / self.manifest.parts[name].onnx_for(precision)
+
+    @property
+    def plan(self) -> RunPlan:
+        """The run plan (runtime/plan.py); checked when the bundle was loaded."""
+        manifest = self.manifest
+        return run_plan(tuple(e.spec for e in manifest.parts.values()), manifest.policy.window, str(self.root))
 
 
 def sha256_file(path: Path) -> str:
@@ -289,7 +234,9 @@ def load_bundle(root: Path, verify_hashes: bool = True) -> Bundle:
         ) from exc
     check_values(manifest_path, manifest)
     check_files(root, manifest, verify_hashes)
-    return Bundle(root, manifest)
+    bundle = Bundle(root, manifest)
+    bundle.plan  # noqa: B018 - refuses parts whose cadences and sources do not fit together, before anything runs
+    return bundle
 
 
 def check_values(manifest_path: Path, manifest: Manifest) -> None:

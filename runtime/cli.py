@@ -35,13 +35,15 @@ from runtime.config import (
 from runtime.config_file import load_config
 from runtime.errors import MobileVLAError, run_cli
 from runtime.host import ClockStatus, jetson_clocks
-from runtime.loop import LOOP_STAGES
+from runtime.loop import loop_stages
 from runtime.paths import default_bundle_dir
 from runtime.pipeline import StepResult
 from runtime.ros.args import RosArgs, split_ros_args
 from runtime.score_episodes import score_runs
 from runtime.sinks.base import VelocityCommand
 from runtime.sinks.dispatch import SINK_FORMS
+from runtime.skew import PATH_FORMS, RESIZE_PATHS
+from runtime.skew_cli import check_skew_flags, score_skew
 from runtime.sources.base import CaptureResult
 from runtime.sources.spec import FLIP_NAMES, SOURCE_FORMS, V4l2Spec, flip_method
 from runtime.wiring import MEMORY_GUARD_EXIT, run_policy
@@ -132,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score chunk[0] against the episodes' recorded actions (needs --source h5:DIR): MAE, "
                              "accuracy within 0.3/0.2/0.15, R², Pearson, direction; FP32 and INT8 side by side "
                              "unless --precision picks one")
+    parser.add_argument("--resize-path", choices=RESIZE_PATHS, default=None,
+                        help="with --score: training (default) resizes as training did and scores against the recorded "
+                             "actions; pipeline pushes the episodes through the capture pipeline's own scaler and "
+                             "reports chunk[0]'s skew against the training resize, one row per method")
+    parser.add_argument("--resize-method", action="append", default=None, metavar="PATH",
+                        help=f"with --resize-path pipeline, repeatable: measure only these ({PATH_FORMS}; default: "
+                             f"every one this host runs)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files on load")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -222,10 +231,11 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark and frames is not None and frames <= args.warmup:
         raise MobileVLAError(f"--frames {frames} leaves nothing to time after --warmup {args.warmup}; raise --frames")
     check_outputs(args)
+    check_skew_flags(args)
     bundle = load_bundle(config.bundle or default_bundle_dir(), verify_hashes=config.verify_bundle)
     log.info("config: %s", config.origin)
     if args.score:
-        return score_runs(args, config, bundle, frames)
+        return (score_skew if args.resize_path == "pipeline" else score_runs)(args, config, bundle, frames)
     backend = open_backend(config, bundle)
     if args.benchmark:
         return benchmark(args, config, bundle, backend, frames)
@@ -250,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
 
 def benchmark(args: argparse.Namespace, config: RuntimeConfig, bundle: Bundle, backend: PolicyBackend,
               frames: int | None) -> int:
-    recorder = StageRecorder(LOOP_STAGES, frames or 100_000)
+    recorder = StageRecorder(loop_stages(bundle.plan.frame_parts), frames or 100_000)
     clocks: ClockStatus | None = jetson_clocks()
     tracing = AllocationTrace(args.warmup) if args.alloc_check else None
     result, monitor = run_policy(config, bundle, backend, args, recorder,
@@ -261,6 +271,8 @@ def benchmark(args: argparse.Namespace, config: RuntimeConfig, bundle: Bundle, b
     report = summarize(recorder, args.warmup, result.wall_s, backend.name, config.source.spec)
     report.monitor = monitor
     report.clocks = clocks
+    report.instruction_parts = {name: {"runs": backend.instruction_runs, "last_ms": backend.stage_ms[name]}
+                                for name in bundle.plan.instruction_parts}
     report.stops = result.stops
     if tracing is not None:
         report.alloc_growth_kb = tracing.growth_kb()

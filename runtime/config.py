@@ -39,6 +39,12 @@ SCHEDULE_MODES = ("chunk0", "ensemble", "async")
 CONTROL_KINDS = ("auto", "ros2", "dds", "udp", "none")
 MONITOR_SOURCES = ("auto", "jtop", "tegrastats", "proc")
 V4L2_FORMATS = ("auto", "raw", "mjpeg", "h264")  # what a v4l2 camera is captured as (runtime/sources/gstreamer/v4l2.py)
+# The capture's scale methods (runtime/sources/gstreamer/pipeline.py): GStreamer's videoscale `method` nicks
+# (gst-inspect-1.0 videoscale, GStreamer 1.22), and nvvidconv's `interpolation-method` in its enum's order (L4T
+# gst-inspect-1.0 nvvidconv: 0 Nearest, 1 Bilinear, 2 5-Tap, 3 10-Tap, 4 Smart, 5 Nicest; its default is Nearest).
+VIDEOSCALE_METHODS = ("nearest-neighbour", "bilinear", "4-tap", "lanczos", "bilinear2", "sinc", "hermite", "spline",
+                      "catrom", "mitchell")
+NVVIDCONV_METHODS = ("nearest", "bilinear", "5-tap", "10-tap", "smart", "nicest")
 DIAGNOSTICS = ("auto", "on", "off")  # ros2.diagnostics: auto publishes when the runtime already speaks DDS
 # Upper bounds. Every number must be finite: `frame_deadline_s: .inf` would switch the deadman off.
 MAX_OUTPUT_SCALE = 10.0  # the team's server used 1.15; a larger gain is a typo, not a tuning
@@ -73,6 +79,15 @@ class SourceConfig(Checked):
     file_loop: bool = setting(False, flag)
     # v4l2: auto picks from the camera's caps (raw at sensor_mode and fps, else MJPEG, else H.264); else forced
     v4l2_format: str = setting("auto", Choice(V4L2_FORMATS))
+    # The capture's scale methods, chosen by measurement (`runtime --score --resize-path pipeline`; the table is in
+    # docs/runtime.md, "Train-serve skew of the camera resize"): bilinear2 had the lowest chunk[0] skew against the
+    # training resize on the demo episodes (MAE 0.00014, max 0.0016; nearest-neighbour 0.0026, and 0.029 on fine
+    # texture). vic: nvvidconv's (its own default, Nearest, aliases); unmeasured (no Jetson here): measure on the robot.
+    resize_method: str = setting("bilinear2", Choice(VIDEOSCALE_METHODS))
+    vic_resize_method: str = setting("nicest", Choice(NVVIDCONV_METHODS))
+    # VIC only: scale to 2·S on the VIC, then videoscale (resize_method) to S on the CPU, when no VIC method alone
+    # is within the skew bound (its cost per frame is in the skew report)
+    two_stage: bool = setting(False, flag)
 
     def check(self) -> None:
         if self.backoff_max_s < self.backoff_s:

@@ -46,9 +46,10 @@ from runtime.sources.replay import ReplaySource
 
 log = logging.getLogger("runtime.loop")
 
-# Per-frame benchmark stages (docs/runtime.md, "runtime --benchmark", says what each covers).
-LOOP_STAGES = ("capture_wait", "frame_copy", "vision", "trunk", "head", "schedule", "publish", "host", "total",
-               "latency")
+def loop_stages(frame_parts: tuple[str, ...]) -> tuple[str, ...]:
+    """Per-frame benchmark stages: the bundle's per-frame parts between capture and schedule (docs/runtime.md,
+    "runtime --benchmark", says what each covers)."""
+    return ("capture_wait", "frame_copy", *frame_parts, "schedule", "publish", "host", "total", "latency")
 @dataclass
 class LoopResult:
     frames: int  # frames run through the policy
@@ -91,7 +92,9 @@ class RuntimeLoop:
         self._status_frames = 0
         self._status_since = time.monotonic()
         policy = pipeline.bundle.manifest.policy
-        dim = pipeline.bundle.manifest.parts["head"].spec.outputs[0].shape[-1]  # velocity axes (no gripper)
+        plan = pipeline.bundle.plan
+        dim = plan.final.outputs[0].shape[-1]  # velocity axes (`actions`; no gripper)
+        self._frame_parts = plan.frame_parts
         self.safety = SafetyLayer(config.safety, dim)
         schedule = config.schedule
         self.ensemble = EnsembleScheduler(policy.chunk, dim, schedule.ensemble_decay) \
@@ -101,7 +104,7 @@ class RuntimeLoop:
         self._exit_reason = ""
         self._exit_code = 0
         self._zero_reason = SHUTDOWN
-        self._timings = dict.fromkeys(LOOP_STAGES, 0.0)
+        self._timings = dict.fromkeys(loop_stages(plan.frame_parts), 0.0)
         self._has_instruction = True
         self._sink_recovered = threading.Event()
         self._frames_run = 0  # for status(): written by the loop thread only
@@ -271,11 +274,14 @@ class RuntimeLoop:
         model = result.timings_ms
         timings["capture_wait"] = (t1 - t0) * 1e3 - got.copy_ms
         timings["frame_copy"] = got.copy_ms
-        timings["vision"], timings["trunk"], timings["head"] = model["vision"], model["trunk"], model["head"]
+        in_model = 0.0
+        for name in self._frame_parts:
+            timings[name] = model[name]
+            in_model += model[name]
         timings["schedule"] = (t3 - t2) * 1e3
         timings["publish"] = (t4 - t3) * 1e3
         timings["total"] = (t4 - t0) * 1e3
-        timings["host"] = timings["total"] - timings["capture_wait"] - model["vision"] - model["trunk"] - model["head"]
+        timings["host"] = timings["total"] - timings["capture_wait"] - in_model
         timings["latency"] = (time.monotonic() - got.capture_time) * 1e3
         self.recorder.record(timings)
 

@@ -1,5 +1,5 @@
-"""One frame through vision -> trunk -> head with the history rule (docs/design.md §2.3), then de-normalization and
-scaling."""
+"""One frame through the bundle's parts by their plan (runtime/plan.py; the history rule of docs/design.md §2.3),
+then de-normalization and scaling."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.backends.base import MODEL_STAGES, PolicyBackend
+from runtime.backends.base import PolicyBackend
 from runtime.bundle import ActionSettings, Bundle
 from runtime.prompt import PromptEncoder
-
-STAGES = (*MODEL_STAGES, "total")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from runtime.preprocess import check_choice
 
 log = logging.getLogger("runtime.prompt")
 
-LAYOUTS = ("robovlms", "mobilevla_fallback")
+LAYOUTS = ("robovlms", "mobilevla_fallback", "text")  # text: a text encoder's input, no image slots
 OVER_LONG = ("reject", "truncate")  # what to do with an instruction longer than the trunk's prompt slots
 PROMPT_TEMPLATE = "<grounding>An image of a robot {instruction}"
 FALLBACK_TEXT_SLOTS = 64  # the fork pads prompt ids to 64 tokens, then image embeds overwrite positions 0..63
@@ -92,6 +92,9 @@ def sequence_length(layout: str, max_prompt_tokens: int, num_image_tokens: int) 
     if layout == "robovlms":
         # [<s>] [image embeds] [prompt] [action] [</s>]
         return 1 + num_image_tokens + max_prompt_tokens + 2
+    if layout == "text":
+        # [<s>] [prompt] [</s>] [pad...]; action_index points at </s> (where CLIP pools)
+        return max_prompt_tokens + 2
     # [<s> prompt </s> padded to 64, image embeds over 0..63] [action]
     return max(FALLBACK_TEXT_SLOTS, max_prompt_tokens + 2) + 1
 
@@ -119,6 +122,11 @@ def layout_text_inputs(prompt_ids: list[int], settings: PromptSettings) -> TextI
         ids[0, 1 + n_img : action] = prompt_ids
         ids[0, action + 1] = settings.eos_id
         mask[0, : action + 2] = 1
+    elif settings.layout == "text":
+        text = [settings.bos_id, *prompt_ids, settings.eos_id]
+        ids[0, : len(text)] = text
+        mask[0, : len(text)] = 1
+        action = len(text) - 1
     else:
         text = [settings.bos_id, *prompt_ids, settings.eos_id]
         action = max(FALLBACK_TEXT_SLOTS, len(text))

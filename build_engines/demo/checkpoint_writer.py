@@ -68,8 +68,10 @@ def write_robovlms_checkpoint(
             module, _, leaf = key.rpartition(".")
             wrapped = f"{module}.base_layer.{leaf}" if module in factors else key
             state[PEFT_BACKBONE + wrapped] = value
-    for key, value in policy.act_head.state_dict().items():
-        state[f"model.act_head.{key}"] = value.detach().clone()
+    heads = [("act_head", policy.act_head)] + ([("mlp_head", policy.mlp_head)] if hasattr(policy, "mlp_head") else [])
+    for prefix, head in heads:
+        for key, value in head.state_dict().items():
+            state[f"model.{prefix}.{key}"] = value.detach().clone()
     state["model.action_token"] = policy.action_token.detach().clone()
     torch.save({"state_dict": state, "epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.2.0"}, path)
 

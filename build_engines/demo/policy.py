@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from build_engines.adapters import DEFAULT_POLICY
 from build_engines.checkpoint import ImportedPolicy, import_checkpoint
 from build_engines.demo.checkpoint_writer import write_robovlms_checkpoint
 from build_engines.demo.episodes import SyntheticSpec, generate_episodes
@@ -19,14 +20,16 @@ from build_engines.presets import TINY_VOCAB, HeadConfig, kosmos_config, tiny_he
 from build_engines.prompt_tokens import TOKENIZER_FILE, policy_prompt
 from build_engines.reference import ReferencePolicy
 from build_engines.tokenizer_gen import write_tiny_tokenizer
-from build_engines.training_config import default_training_config, write_training_config
+from build_engines.training_config import write_training_config
 from calibration.sampling import split_episodes
 from runtime.bundle import ActionSettings
 from runtime.episodes import scan_episodes
+from runtime.errors import MobileVLAError
 from runtime.paths import default_episodes_dir
 from runtime.prompt import PromptEncoder
 
 if TYPE_CHECKING:
+    from build_engines.adapters.base import PolicyAdapter
     from build_engines.build import BuildOptions
 
 log = logging.getLogger("build_engines")
@@ -80,24 +83,20 @@ def demo_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, F
     return import_checkpoint(checkpoint, config, preset="tiny"), fit
 
 
-def random_head(preset: str) -> HeadConfig:
-    """The head of a `--random-weights` build: the tiny preset's, else Mobile VLA's (velocities, LSTM hidden 512)."""
-    return tiny_head() if preset == "tiny" else HeadConfig()
-
-
-def random_policy(preset: str, seed: int) -> ImportedPolicy:
-    """Random weights at a preset's real shapes, without a checkpoint round trip (a real-size checkpoint would
-    need several copies of 6.6 GB in memory). The Mobile VLA head: velocities, LSTM hidden 512."""
-    policy = seeded_policy(seed, preset, random_head(preset))
-    log.warning("random weights at the %s preset's shapes: for export and latency tests only", preset)
-    return ImportedPolicy(policy, default_training_config(policy.head_config, DEMO_NORMALIZATION), None, 0, 0)
-
-
-def checkpointless_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, dict[str, Any]]:
-    """The policy of a build without `--checkpoint`, and what the manifest's `source` says of it."""
+def checkpointless_policy(options: BuildOptions, adapter: PolicyAdapter,
+                          workdir: Path) -> tuple[ImportedPolicy, dict[str, Any]]:
+    """The policy of a build without `--checkpoint`, and what the manifest's `source` says of it: random weights at
+    the preset's shapes from the family's adapter (no checkpoint round trip: at real size that would need several
+    copies of 6.6 GB in memory), or the embedded demo (robovlms-lstm only: its fit trains an LSTM head)."""
     if options.random_weights:
-        return random_policy(options.preset, options.seed), {
+        log.warning("random weights at the %s preset's shapes: for export and latency tests only", options.preset)
+        return adapter.random_policy(options.preset, options.seed), {
             "checkpoint": f"random weights ({options.preset} preset)", "seed": options.seed}
+    if adapter.family != DEFAULT_POLICY:
+        raise MobileVLAError(
+            f"the embedded demo is a {DEFAULT_POLICY} policy; for --policy {adapter.family} pass --random-weights "
+            f"(with --preset) or --checkpoint and --config"
+        )
     imported, fit = demo_policy(options, workdir)
     return imported, {"checkpoint": "embedded demo (tiny preset, fitted to synthetic episodes)", "seed": options.seed,
                       "fit": fit.to_dict()}

@@ -95,12 +95,20 @@ def manifest_dims(manifest: dict[str, Any], root: Path) -> ModelDims:
     return dims
 
 
+PLANNED_FAMILY = "robovlms-lstm"
+
+
 def bundle_plan(root: Path, workspace_mb: int | None = None, quantize_projection: bool = False,
                 count_graphs: bool = False, origin: str | None = None) -> Plan:
     """The plan of a bundle (or a build's staging directory); with `count_graphs`, its graphs' FLOPs beside it."""
     if not root.is_dir():
         raise MobileVLAError(f"--bundle {root} is not a directory; pass a bundle written by build_engines")
     manifest = read_manifest(root)
+    family = manifest.get("policy", {}).get("family", PLANNED_FAMILY)
+    if family != PLANNED_FAMILY:
+        raise MobileVLAError(f"the performance plan models the {PLANNED_FAMILY} family's parts (Kosmos-2 vision, "
+                             f"action-token trunk, LSTM head); {root} holds a {family} policy. Measure its parts with "
+                             f"`runtime --bundle {root} --benchmark` instead")
     dims = manifest_dims(manifest, root)
     graph = None
     if count_graphs:

@@ -91,7 +91,8 @@ PRESET_SHAPES: dict[str, tuple[VisionDims, TextDims, int]] = {
     "kosmos-2": (VisionDims(1024, 4096, 24, 16, 224, 14), TextDims(65037, 2048, 24, 8192, 32), 64),
 }
 PRESET_NAMES = tuple(PRESET_SHAPES)  # build_engines.presets.PRESETS (that module imports transformers)
-PRESET_LSTM_HIDDEN = {"tiny": 64, "mid": 512, "kosmos-2": 512}  # demo.policy.random_head: tiny, else HeadConfig()
+# adapters/robovlms.py RoboVLMsAdapter.head: tiny_head() for tiny, else HeadConfig()
+PRESET_LSTM_HIDDEN = {"tiny": 64, "mid": 512, "kosmos-2": 512}
 
 
 def preset_dims(preset: str, layout: str = "robovlms", max_prompt_tokens: int = 32,

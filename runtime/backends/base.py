@@ -1,5 +1,6 @@
-"""The contracts every backend meets (docs/design.md §6): `Runner` (one part), `PolicyBackend` (the three parts as
-one per-frame step), `Activated` (allocate in `activate`, free in `deactivate`, usable as a context manager).
+"""The contracts every backend meets (docs/design.md §6): `Runner` (one part), `PolicyBackend` (the bundle's parts,
+run by its plan, as one per-frame step), `Activated` (allocate in `activate`, free in `deactivate`, usable as a
+context manager).
 
 `PolicyPipeline` talks to a backend only through `PolicyBackend`. Contract, per frame: the caller writes the uint8
 frame into `frame` (pinned host memory on TensorRT), then calls `step()`. The returned arrays are the backend's own
@@ -16,10 +17,11 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from runtime.errors import MobileVLAError
+from runtime.plan import RunPlan
 from runtime.prompt import TextInputs
 from runtime.specs import PartSpec
 
-MODEL_STAGES = ("vision", "trunk", "head")
 Self = TypeVar("Self", bound="Activated")
 
 
@@ -65,17 +67,33 @@ class BackendOutputs:
     history_len: int  # frames in the window this chunk was computed from (1..window)
 
 
+def stage_names(plan: RunPlan) -> tuple[str, ...]:
+    """The timed stages: every part, instruction parts included (their time is that of their last run)."""
+    return tuple(p.name for p in plan.parts)
+
+
+def frame_shape(plan: RunPlan) -> tuple[int, ...]:
+    """The (1, S, S, C) uint8 frame the plan's `frame` sources read."""
+    for link in plan.links:
+        if link.source.kind == "frame":
+            return next(t.shape for t in plan.spec(link.consumer).inputs if t.name == link.input)
+    raise MobileVLAError("the bundle's parts read no camera frame; rebuild it with build_engines")
+
+
 class PolicyBackend(Protocol):
     name: str  # for logs and reports, e.g. "onnxruntime-cpu (int8)", "tensorrt 10.3 (int8)"
     frame: np.ndarray  # (1, S, S, C) uint8 input buffer; write each frame here before step()
-    stage_ms: dict[str, float]  # vision/trunk/head time of the last step (CUDA events on TensorRT)
+    stages: tuple[str, ...]  # the bundle's parts in run order (runtime/plan.py)
+    stage_ms: dict[str, float]  # each part's time in its last run (CUDA events on TensorRT)
+    instruction_runs: int  # how often the instruction parts ran (once per set_text when the bundle has any)
 
     def activate(self) -> None: ...
 
     def deactivate(self) -> None: ...
 
     def set_text(self, text: TextInputs) -> None:
-        """New trunk text inputs (the instruction changed); copied in, used from the next step on."""
+        """New text inputs (the instruction changed): copied in, the instruction parts run once, used from the next
+        step on."""
         ...
 
     def reset(self) -> None:

@@ -1,8 +1,9 @@
 """ONNX Runtime: one runner per part and the backend that chains them (docs/design.md §6).
 
 The runner binds preallocated input and output arrays once (IO binding), so the per-frame path (`run()`) allocates
-nothing. The backend binds vision's output array as the trunk's input and keeps the history in the head's bound
-input array. Which graph each part runs (FP32, CPU INT8 form, Q/DQ) is decided in `runtime/backends/onnx_forms.py`.
+nothing. The backend binds each part's output array as its consumers' input (runtime/plan.py) and keeps the
+history in the window part's bound input array. Which graph each part runs (FP32, CPU INT8 form, Q/DQ) is decided
+in `runtime/backends/onnx_forms.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import MODEL_STAGES, Activated, BackendOutputs
+from runtime.backends.base import Activated, BackendOutputs, frame_shape, stage_names
 from runtime.bundle import Bundle
 from runtime.errors import MobileVLAError
 from runtime.prompt import TextInputs
@@ -127,68 +128,105 @@ class OnnxRuntimeRunner(Activated):
 
 
 class OnnxRuntimeBackend(Activated):
-    """The three parts on ONNX Runtime runners (activated here if not yet), linked through their bound arrays."""
+    """The bundle's parts on ONNX Runtime runners (activated here if not yet), run by the bundle's plan
+    (runtime/plan.py) and linked through their bound arrays: a part's input bound to the array its source part
+    writes, so nothing is copied between parts except into the history window."""
 
     def __init__(self, bundle: Bundle, runners: Mapping[str, OnnxRuntimeRunner], label: str = "fp32") -> None:
         self.bundle = bundle
         self.runners = runners
+        self.plan = bundle.plan
         self.window = bundle.manifest.policy.window
-        providers = ",".join(p.removesuffix("ExecutionProvider").lower() for p in runners["vision"].providers)
+        first = next(iter(runners.values()))
+        providers = ",".join(p.removesuffix("ExecutionProvider").lower() for p in first.providers)
         self.name = f"onnxruntime-{providers} ({label})"
-        self.frame = np.zeros(bundle.manifest.parts["vision"].spec.inputs[0].shape, dtype=np.uint8)
-        self.stage_ms = dict.fromkeys(MODEL_STAGES, 0.0)
+        self.frame = np.zeros(frame_shape(self.plan), dtype=np.uint8)
+        self.stages = stage_names(self.plan)
+        self.stage_ms = dict.fromkeys(self.stages, 0.0)
+        self.instruction_runs = 0
+        self._text: TextInputs | None = None
         self._count = 0
+        self._active = False
 
     def activate(self) -> None:
         for runner in self.runners.values():
             runner.activate()
-        vision, trunk, head = (self.runners[name] for name in MODEL_STAGES)
-        vision.link_input("frame", self.frame)
-        trunk.link_input("image_embeds", vision.outputs["image_embeds"])
-        self._feature = trunk.outputs["action_feature"][0]
-        self._history = head.inputs["features"][0]  # (window, D): left-aligned, zero rows past history_len
-        self._history_len = head.inputs["history_len"]
-        self._actions = head.outputs["actions"][0]
-        self._gripper = head.outputs["gripper_logits"][0] if "gripper_logits" in head.outputs else None
+        self._text_inputs: list[tuple[np.ndarray, str]] = []
+        self._history_lens: list[np.ndarray] = []
+        for link in self.plan.links:
+            runner, source = self.runners[link.consumer], link.source
+            if source.kind == "frame":
+                runner.link_input(link.input, self.frame)
+            elif source.kind == "output":
+                runner.link_input(link.input, self.runners[source.part].outputs[source.tensor])
+            elif source.kind == "text":
+                self._text_inputs.append((runner.inputs[link.input], source.tensor))
+            elif source.kind == "history_len":
+                self._history_lens.append(runner.inputs[link.input])
+        window = self.plan.window_link
+        self._feature = self._history = None
+        if window is not None:
+            self._feature = self.runners[window.source.part].outputs[window.source.tensor][0]
+            self._history = self.runners[window.consumer].inputs[window.input][0]  # (window, ...) left-aligned
+        final = self.runners[self.plan.final.name]
+        self._actions = final.outputs["actions"][0]
+        self._gripper = final.outputs["gripper_logits"][0] if "gripper_logits" in final.outputs else None
+        self._frame_runs = [(name, self.runners[name]) for name in self.plan.frame_parts]
+        self._active = True
         self.reset()
+        if self._text is not None:
+            self._run_instruction(self._text)
 
     def deactivate(self) -> None:
+        self._active = False
         for runner in self.runners.values():
             runner.deactivate()
 
     def set_text(self, text: TextInputs) -> None:
-        inputs = self.runners["trunk"].inputs
-        for name, value in text.feed().items():
-            np.copyto(inputs[name], value)
+        """Copy the instruction's inputs in and run the instruction parts once; their outputs stay bound."""
+        self._text = text
+        if self._active:
+            self._run_instruction(text)
+
+    def _run_instruction(self, text: TextInputs) -> None:
+        feed = text.feed()
+        for array, field_name in self._text_inputs:
+            np.copyto(array, feed[field_name])
+        for name in self.plan.instruction_parts:
+            started = time.perf_counter()
+            self.runners[name].run()
+            self.stage_ms[name] = (time.perf_counter() - started) * 1e3
+        if self.plan.instruction_parts:
+            self.instruction_runs += 1
 
     def reset(self) -> None:
         self._count = 0
-        self._history[...] = 0.0
-        self._history_len[0] = 0
+        if self._history is not None:
+            self._history[...] = 0.0
+        for array in self._history_lens:
+            array[0] = 0
 
     def _push_feature(self) -> None:
+        assert self._history is not None and self._feature is not None
         if self._count < self.window:
             self._history[self._count] = self._feature
             self._count += 1
-            self._history_len[0] = self._count
+            for array in self._history_lens:
+                array[0] = self._count
         else:
             self._history[:-1] = self._history[1:]  # numpy handles the overlap (memmove semantics)
             self._history[-1] = self._feature
 
     def step(self) -> BackendOutputs:
-        vision, trunk, head = (self.runners[name] for name in MODEL_STAGES)
-        t0 = time.perf_counter()
-        vision.run()
-        t1 = time.perf_counter()
-        trunk.run()
-        self._push_feature()
-        t2 = time.perf_counter()
-        head.run()
-        t3 = time.perf_counter()
-        self.stage_ms["vision"] = (t1 - t0) * 1e3
-        self.stage_ms["trunk"] = (t2 - t1) * 1e3
-        self.stage_ms["head"] = (t3 - t2) * 1e3
-        return BackendOutputs(self._actions, self._gripper, self._count)
+        window = self.plan.window_link
+        producer = window.source.part if window is not None else None
+        for name, runner in self._frame_runs:
+            started = time.perf_counter()
+            runner.run()
+            if name == producer:
+                self._push_feature()
+            self.stage_ms[name] = (time.perf_counter() - started) * 1e3
+        return BackendOutputs(self._actions, self._gripper, self._count if window is not None else 1)
 
 
 def onnx_backend(bundle: Bundle, precision: str = "fp32", threads: int = 0) -> OnnxRuntimeBackend:

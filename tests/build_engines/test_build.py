@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import build_engines.build as build_module
+from build_engines.adapters.robovlms import RoboVLMsAdapter
 from build_engines.build import BuildOptions, build_bundle
 from build_engines.cli import main as build_main
 from build_engines.demo.checkpoint_writer import write_robovlms_checkpoint
@@ -98,7 +99,7 @@ def test_any_prompt_up_to_the_maximum_matches_the_reference(bundles: dict, layou
     frames = [synthetic_frame(i, bundle.manifest.preprocessing) for i in range(3)]
     for instruction in ("stop", "go to the front of the beverage bottle on the left"):
         ids = encoder.prompt_ids(instruction)
-        report = check_parity(policy, bundle, frames, ids, instruction, 1e-4)
+        report = check_parity(RoboVLMsAdapter(), policy, bundle, frames, ids, instruction, 1e-4)
         assert report.passed, report.to_dict()
 
 
@@ -156,11 +157,11 @@ def test_failed_build_leaves_the_previous_bundle(tmp_path: Path, monkeypatch: py
 def test_parity_failure_stops_the_build(tmp_path: Path, episodes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_check = build_module.check_parity
 
-    def drifted_reference(policy: ReferencePolicy, *args: object) -> object:
+    def drifted_reference(adapter: object, policy: ReferencePolicy, *args: object) -> object:
         """The reference moves after the export: the parts no longer reproduce it."""
         with torch.no_grad():
             policy.act_head.velocities.mlp[6].bias += 0.5
-        return real_check(policy, *args)  # type: ignore[arg-type]
+        return real_check(adapter, policy, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(build_module, "check_parity", drifted_reference)
     options = BuildOptions(output=tmp_path / "b", parity_frames=2, episodes=episodes, fit=UNFITTED)

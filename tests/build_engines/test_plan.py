@@ -13,6 +13,7 @@ import torch
 from transformers import Kosmos2Config
 
 from build_engines import presets
+from build_engines.adapters.robovlms import RoboVLMsAdapter
 from build_engines.build import MAX_PROMPT_TOKENS, BuildOptions, build_bundle, export_parts
 from build_engines.cli import main as build_main
 from build_engines.demo.fit import FitSettings
@@ -47,7 +48,7 @@ AGREEMENT = 0.05  # the issue's bound: the plan's FLOPs within 5% of the graph's
 def export_and_count(policy: ReferencePolicy, layout: str, max_prompt_tokens: int, out: Path) -> dict[str, int]:
     """Export the three parts with the build's own export code, then count each graph's FLOPs."""
     prompt = PromptSettings(layout, PROMPT_TEMPLATE, "go", max_prompt_tokens, NUM_IMAGE_TOKENS, 0, 2, 1)
-    export_parts(policy, Preprocessing(), prompt, out, {})
+    export_parts(RoboVLMsAdapter(), policy, Preprocessing(), prompt, out, {})
     return {name: count_onnx_file(out / f"{name}.onnx").flops for name in PART_NAMES}
 
 
@@ -99,7 +100,7 @@ def test_constants_shared_with_modules_that_import_torch() -> None:
     assert MLP_WIDTHS == REFERENCE_MLP_WIDTHS
     assert plan_command.MAX_PROMPT_TOKENS == MAX_PROMPT_TOKENS
     assert PRESET_LSTM_HIDDEN["tiny"] == tiny_head().hidden_size
-    # demo/policy.random_head: tiny_head() for tiny, else the Mobile VLA head HeadConfig()
+    # adapters/robovlms.py RoboVLMsAdapter.head: tiny_head() for tiny, else the Mobile VLA head HeadConfig()
     assert PRESET_LSTM_HIDDEN["mid"] == PRESET_LSTM_HIDDEN["kosmos-2"] == HeadConfig().hidden_size
 
 

@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.cascade import head_window, load_frames
+from calibration.cascade import feed_for, load_frames
 from calibration.sampling import SampleSettings, sample_frames, split_episodes
 from runtime.episodes import EpisodeInfo, scan_episodes
 from runtime.errors import MobileVLAError
+from runtime.plan import run_plan
 from runtime.preprocess import Preprocessing
 from runtime.sources.replay import replay_frames
 from runtime.sources.spec import H5Spec
+from runtime.specs import PartDims, part_specs
 
 pytest.importorskip("h5py")
 
@@ -61,6 +63,12 @@ def test_calibration_sees_exactly_the_frames_the_runtime_feeds(demo_episodes: Pa
     for index, pixels in calibration.items():
         assert pixels.dtype == np.uint8 and pixels.shape == (224, 224, 4)
         np.testing.assert_array_equal(pixels, replay[index])
+
+
+def head_window(features: dict[int, np.ndarray], index: int, window: int) -> dict[str, np.ndarray]:
+    specs = part_specs(PartDims(224, 4, 64, 4, 99, window, 10, 2, "velocities"))
+    plan = run_plan(tuple(specs.values()), window)
+    return feed_for(plan, "head", index, lambda key, i: features[i][None], lambda i: np.zeros(0), {}, window)
 
 
 def test_head_window_matches_the_runtime_history_rule() -> None:

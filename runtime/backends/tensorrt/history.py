@@ -6,6 +6,7 @@ left by one row and the trunk writes the last slot (runtime/backends/tensorrt/ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from runtime.backends.tensorrt.runner import TENSOR_ALIGNMENT
 
@@ -22,6 +23,9 @@ class HistoryPlan:
         return self.shift
 
 
+NO_HISTORY = HistoryPlan(write_slot=0, shift=False, new_len=1)  # a bundle without a window part
+
+
 def history_plan(history_len: int, window: int) -> HistoryPlan:
     """Where this frame's feature goes, given the frames already in the window (docs/design.md §2.3)."""
     if not 0 <= history_len <= window or window < 1:
@@ -34,3 +38,14 @@ def history_plan(history_len: int, window: int) -> HistoryPlan:
 def direct_history_writes(row_bytes: int) -> bool:
     """Whether the trunk can write into a history row: every row address must meet TensorRT's alignment."""
     return row_bytes % TENSOR_ALIGNMENT == 0
+
+
+def shift_rows(cuda: Any, stream: Any, history: int, scratch: int, rows: int, row_bytes: int) -> None:
+    """History rows 1..W-1 -> 0..W-2 on the device, through `scratch` (cuMemcpy with overlapping ranges is
+    undefined)."""
+    from runtime.backends.cuda import cuda_call
+
+    size = rows * row_bytes
+    cuda_call("cuMemcpyDtoDAsync(history -> scratch)", cuda.memcpy_dtod_async, scratch, history + row_bytes, size,
+              stream)
+    cuda_call("cuMemcpyDtoDAsync(scratch -> history)", cuda.memcpy_dtod_async, history, scratch, size, stream)

@@ -16,7 +16,10 @@ Sources (`--source` specs):
 
 Every frame arrives as the `(S, S, C)` uint8 frame of `Preprocessing.frame_format`, the layout `prepare_frame` would
 produce from the same RGB image. The resize is the scaler's (VIC or `videoscale`), not PIL's: camera frames are not
-bit-identical to `prepare_frame`'s antialiased bilinear resize of the same picture, only close.
+bit-identical to `prepare_frame`'s antialiased resize of the same picture, only close. How close is measured, not
+assumed: `runtime --score --resize-path pipeline` pushes recorded episodes through these very tails (`scale_tail`,
+runtime/sources/gstreamer/resize.py) and reports chunk[0]'s skew per method (runtime/skew.py); the methods are
+settings (`source.resize_method` for videoscale, `source.vic_resize_method` for nvvidconv, `source.two_stage`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from runtime.config import SourceConfig
+from runtime.config import NVVIDCONV_METHODS, SourceConfig
 from runtime.errors import MobileVLAError
 from runtime.host import is_jetson
 from runtime.preprocess import FRAME_FORMATS, Preprocessing
@@ -46,12 +49,34 @@ def _appsink(sync: bool, drop: bool) -> str:
             f"enable-last-sample=false name={SINK_NAME}")
 
 
-def _cpu_tail(pre: Preprocessing, settings: SourceConfig) -> str:
-    """Scale first (cheaper than converting sensor-size pixels), then convert; flip the small frame."""
-    size = pre.image_size
-    flip = f" ! videoflip method={_VIDEOFLIP_METHODS[settings.flip_method]}" if settings.flip_method else ""
+def _cpu_tail(pre: Preprocessing, settings: SourceConfig, size: int | None = None, flip_here: bool = True) -> str:
+    """Scale first (cheaper than converting sensor-size pixels), then convert; flip the small frame. The scale method
+    is `source.resize_method` (chosen by measured skew against the training resize: docs/runtime.md, "Train-serve
+    skew")."""
+    size = size or pre.image_size
+    flipping = settings.flip_method and flip_here
+    flip = f" ! videoflip method={_VIDEOFLIP_METHODS[settings.flip_method]}" if flipping else ""
     # No pixel-aspect-ratio in the caps: videoscale squashes to S x S as the training resize did (no letterbox).
-    return f"videoscale ! videoconvert{flip} ! video/x-raw,width={size},height={size},format={pre.frame_format}"
+    return (f"videoscale method={settings.resize_method} ! videoconvert{flip} ! "
+            f"video/x-raw,width={size},height={size},format={pre.frame_format}")
+
+
+TWO_STAGE_FACTOR = 2  # source.two_stage: the VIC scales to this many times S, videoscale does the last step
+
+
+def scale_tail(pre: Preprocessing, settings: SourceConfig, hardware: bool, size: int | None = None) -> str:
+    """Scale and convert to the `(S, S, C)` frame (or `size` x `size`): the VIC on a Jetson (`hardware`), else
+    `videoscale`. The camera paths and the skew measurement (runtime/sources/gstreamer/resize.py) share it, so the
+    measurement runs the elements the robot runs. `source.two_stage` (VIC only): the VIC downscales to 2·S, then
+    `videoscale method=<source.resize_method>` (the training filter's match) does the last step on the CPU."""
+    if hardware and settings.two_stage and size is None:
+        return f"{_vic_tail(pre, settings, TWO_STAGE_FACTOR * pre.image_size)} ! {last_step_tail(pre, settings)}"
+    return _vic_tail(pre, settings, size) if hardware else _cpu_tail(pre, settings, size)
+
+
+def last_step_tail(pre: Preprocessing, settings: SourceConfig) -> str:
+    """The two-stage path's CPU step: `videoscale` from the VIC's 2·S frame to S (already flipped by the VIC)."""
+    return _cpu_tail(pre, settings, flip_here=False)
 
 
 def sink_mode(spec: CaptureSpec, settings: SourceConfig) -> tuple[bool, bool]:
@@ -63,10 +88,13 @@ def sink_mode(spec: CaptureSpec, settings: SourceConfig) -> tuple[bool, bool]:
     return False, True  # live sources: frames are already real-time; waiting on the clock only adds latency
 
 
-def _vic_tail(pre: Preprocessing, settings: SourceConfig) -> str:
-    """The Jetson's VIC scales, flips and converts (from NVMM or system memory) to S x S RGBA."""
-    size = pre.image_size
-    tail = f"nvvidconv flip-method={settings.flip_method} ! video/x-raw,width={size},height={size},format=RGBA"
+def _vic_tail(pre: Preprocessing, settings: SourceConfig, size: int | None = None) -> str:
+    """The Jetson's VIC scales, flips and converts (from NVMM or system memory) to S x S RGBA, with the
+    `interpolation-method` of `source.vic_resize_method` (nvvidconv's own default is Nearest: it aliases)."""
+    size = size or pre.image_size
+    method = NVVIDCONV_METHODS.index(settings.vic_resize_method)  # the enum's value: its nicks vary by L4T release
+    tail = (f"nvvidconv interpolation-method={method} flip-method={settings.flip_method} ! "
+            f"video/x-raw,width={size},height={size},format=RGBA")
     if pre.frame_format != "RGBA":
         # nvvidconv writes RGBA/BGRx only; the remaining conversion is at S x S, which costs the CPU ~nothing.
         tail += f" ! videoconvert ! video/x-raw,format={pre.frame_format}"
@@ -95,8 +123,7 @@ def _v4l2_tail(choice: V4l2Choice, pre: Preprocessing, settings: SourceConfig, h
     every host, as before compressed formats were chosen."""
     if choice.format == "raw":
         return f"{choice.caps} ! {_cpu_tail(pre, settings)}"
-    tail = _vic_tail(pre, settings) if hardware else _cpu_tail(pre, settings)
-    return f"{choice.caps} ! {decode_chain(choice.format, hardware)} ! {tail}"
+    return f"{choice.caps} ! {decode_chain(choice.format, hardware)} ! {scale_tail(pre, settings, hardware)}"
 
 
 def _network_head(source: RtspSpec | RtpSpec, hardware: bool) -> str:
@@ -121,13 +148,12 @@ def pipeline_description(spec: str | CaptureSpec, pre: Preprocessing, settings: 
     if source.kind == "csi":
         head = (f"nvarguscamerasrc sensor-id={source.arg} ! "
                 f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1")
-        return f"{head} ! {_vic_tail(pre, settings)} ! {sink}"
+        return f"{head} ! {scale_tail(pre, settings, True)} ! {sink}"
     hardware = is_jetson() if hardware is None else hardware
     if isinstance(source, V4l2Spec) and v4l2 is not None:
         return f"v4l2src device={source.device} ! {_v4l2_tail(v4l2, pre, settings, hardware)} ! {sink}"
     if isinstance(source, RtspSpec | RtpSpec):
-        tail = _vic_tail(pre, settings) if hardware else _cpu_tail(pre, settings)
-        return f"{_network_head(source, hardware)} ! {tail} ! {sink}"
+        return f"{_network_head(source, hardware)} ! {scale_tail(pre, settings, hardware)} ! {sink}"
     if source.kind == "v4l2":
         head = f"v4l2src device={source.arg}"
     elif source.kind == "file":
@@ -235,6 +261,8 @@ def check_elements(spec: CaptureSpec, settings: SourceConfig, gst: Any, hardware
         wanted.append("nvvidconv")
     elif settings.flip_method and spec.kind != "csi":
         wanted.append("videoflip")
+    if settings.two_stage and (spec.kind == "csi" or hardware):
+        wanted += ["videoscale", "videoconvert"]  # the two-stage path's CPU step after the VIC
     for name in wanted:
         if gst.ElementFactory.find(name) is not None:
             continue

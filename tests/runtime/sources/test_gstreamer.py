@@ -93,7 +93,8 @@ def test_csi_description_scales_in_the_vic_with_latest_frame_appsink() -> None:
     description = pipeline_description("csi:1", PRE, settings)
     assert description.startswith("nvarguscamerasrc sensor-id=1 ! ")
     assert "video/x-raw(memory:NVMM),width=1920,height=1080,framerate=60/1" in description
-    assert "nvvidconv flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA ! appsink" in description
+    vic = "nvvidconv interpolation-method=5 flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA ! appsink"
+    assert vic in description
     assert "appsink drop=true max-buffers=1 sync=false emit-signals=false" in description
     assert "videoconvert" not in description  # the CPU never touches camera pixels
     assert "sensor-id=0 " in pipeline_description("csi", PRE, SourceConfig())
@@ -104,7 +105,8 @@ def test_csi_description_scales_in_the_vic_with_latest_frame_appsink() -> None:
 def test_cpu_source_descriptions(tmp_path: Path) -> None:
     settings = SourceConfig(fps=15, flip_method=1)
     v4l2 = pipeline_description("v4l2:/dev/video3", PRE, settings)
-    assert v4l2.startswith("v4l2src device=/dev/video3 ! videoscale ! videoconvert ! videoflip method=counterclockwise")
+    assert v4l2.startswith("v4l2src device=/dev/video3 ! videoscale method=bilinear2 ! videoconvert ! "
+                           "videoflip method=counterclockwise")
     assert "video/x-raw,width=224,height=224,format=RGBA ! appsink drop=true max-buffers=1 sync=false" in v4l2
     test = pipeline_description("test", PRE, SourceConfig())
     assert "videotestsrc is-live=true pattern=ball ! video/x-raw,width=224,height=224,framerate=30/1" in test
@@ -114,7 +116,8 @@ def test_cpu_source_descriptions(tmp_path: Path) -> None:
     unsynced = pipeline_description(f"file:{video}", PRE, SourceConfig(file_sync=False))
     assert "drop=false max-buffers=1 sync=false" in unsynced  # every frame, as fast as they are read
     custom = pipeline_description("gst:rtspsrc location=rtsp://cam/1 ! decodebin", PRE, SourceConfig())
-    assert custom.startswith("rtspsrc location=rtsp://cam/1 ! decodebin ! videoscale ! videoconvert ! ")
+    assert custom.startswith("rtspsrc location=rtsp://cam/1 ! decodebin ! videoscale method=bilinear2 ! "
+                             "videoconvert ! ")
 
 
 def test_network_and_jetson_utils_descriptions() -> None:
@@ -124,13 +127,14 @@ def test_network_and_jetson_utils_descriptions() -> None:
     assert pipeline_description("v4l2:///dev/video2", PRE, settings).startswith("v4l2src device=/dev/video2 ! ")
     rtsp_hw = pipeline_description("rtsp://127.0.0.1:8554/cam", PRE, settings, hardware=True)
     assert rtsp_hw.startswith("rtspsrc location=rtsp://127.0.0.1:8554/cam latency=100 ! decodebin ! nvvidconv "
-                              "flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA ! appsink")
+                              "interpolation-method=5 flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA ! "
+                              "appsink")
     rtsp_sw = pipeline_description("rtsp://127.0.0.1:8554/cam", PRE, settings, hardware=False)
-    assert "decodebin ! videoscale ! videoconvert ! videoflip method=rotate-180 ! " in rtsp_sw
+    assert "decodebin ! videoscale method=bilinear2 ! videoconvert ! videoflip method=rotate-180 ! " in rtsp_sw
     h264 = pipeline_description("rtp://@:5000", PRE, SourceConfig(), hardware=True)
     assert h264.startswith('udpsrc address=0.0.0.0 port=5000 caps="application/x-rtp,media=video,encoding-name=H264,'
                            'clock-rate=90000,payload=96" ! rtpjitterbuffer latency=50 ! rtph264depay ! h264parse ! '
-                           'nvv4l2decoder ! nvvidconv flip-method=0 ! ')
+                           'nvv4l2decoder ! nvvidconv interpolation-method=5 flip-method=0 ! ')
     assert "rtph265depay ! h265parse ! avdec_h265 ! videoscale" in pipeline_description(
         "rtp://127.0.0.1:5000?codec=h265", PRE, SourceConfig(), hardware=False)
     assert "rtpjpegdepay ! jpegparse ! nvv4l2decoder mjpeg=1 ! nvvidconv" in pipeline_description(

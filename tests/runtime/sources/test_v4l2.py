@@ -154,8 +154,9 @@ SINK = "appsink drop=true max-buffers=1 sync=false"
 
 def test_pipeline_text_per_format_on_and_off_a_jetson(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = SourceConfig(flip_method=2)
-    cpu = "videoscale ! videoconvert ! videoflip method=rotate-180 ! video/x-raw,width=224,height=224,format=RGBA"
-    vic = "nvvidconv flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA"
+    cpu = ("videoscale method=bilinear2 ! videoconvert ! videoflip method=rotate-180 ! "
+           "video/x-raw,width=224,height=224,format=RGBA")
+    vic = "nvvidconv interpolation-method=5 flip-method=2 ! video/x-raw,width=224,height=224,format=RGBA"
     expected = {
         (RAW, False): f"video/x-raw,width=640,height=480,framerate=30/1 ! {cpu}",
         (RAW, True): f"video/x-raw,width=640,height=480,framerate=30/1 ! {cpu}",  # raw: the CPU path on every host
