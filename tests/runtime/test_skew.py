@@ -136,9 +136,11 @@ def test_skew_table_for_the_build_report_on_the_demo_episodes(bundle: Bundle, de
     assert {f"videoscale:{m}" for m in VIDEOSCALE_METHODS} <= set(got)
     assert TWO_STAGE in got and got["training"]["mae"] == 0.0
     assert any(p.startswith("nvvidconv:") for p in got) == scaler_available("nvvidconv")
-    # the default is one the demo episodes put within the bound, among the lowest skews (docs/runtime.md table)
+    # the default is within the bound and below every unantialiased method; which antialiased filter is lowest on 6
+    # frames is noise (hermite, mitchell and bilinear2 tie over the 576 demo frames: docs/runtime.md's table)
     default = got[f"videoscale:{SourceConfig().resize_method}"]
-    assert default["within_bound"] and default["mae"] <= min(r["mae"] for r in got.values() if r["mae"]) * 1.5
+    unantialiased = [got[f"videoscale:{m}"]["mae"] for m in ("nearest-neighbour", "bilinear", "4-tap")]
+    assert default["within_bound"] and default["mae"] < min(unantialiased)
     markdown = skew_markdown(report)
     assert markdown.startswith("### Train-serve skew of the camera resize")
     assert all(f"| `{path}` |" in markdown for path in got)

@@ -198,26 +198,3 @@ def test_device_steady_state_runs_as_a_cuda_graph(demo_bundle: Path) -> None:
         assert backend.graph == "captured", f"CUDA graph {backend.graph}: {backend.graph_note}"
         assert all(ms > 0 for ms in backend.stage_ms.values()), backend.stage_ms
 
-
-@pytest.mark.parametrize("family", ["feature-fusion", "clip-lstm", "robovlms-mlp"])
-def test_every_cadence_runs_on_the_simulated_gpu_as_on_onnxruntime(request: pytest.FixtureRequest, tmp_path: Path,
-                                                                    family: str) -> None:
-    """Per-instruction parts run in set_text only, window parts keep their history on the device, and a bundle
-    without a window is captured as a CUDA graph from its second frame (runtime/plan.py)."""
-    pytest.importorskip("torch")  # builds a bundle of the family: the full environment only
-    from build_engines.build import BuildOptions, build_bundle
-    from tests.fakes.gpu import with_fake_engines
-
-    built = build_bundle(BuildOptions(output=tmp_path / "built", policy=family, random_weights=True, preset="tiny",
-                                      parity_frames=2, engines=False)).bundle
-    fake_gpu: FakeGpu = request.getfixturevalue("fake_gpu")  # after the export: torch imports the real tensorrt name
-    bundle = load_bundle(with_fake_engines(built, tmp_path / "bundle"))
-    backend, reference = open_tensorrt_backend(bundle, "fp16"), onnx_backend(bundle)
-    with reference, backend:
-        run_side_by_side([reference, backend], bundle, [("go to the box", 11), ("turn left", 10)])
-        assert backend.graph == "captured"
-        assert backend.stages == tuple(bundle.manifest.parts) == reference.stages
-        instruction_parts = bundle.plan.instruction_parts
-        assert backend.instruction_runs == reference.instruction_runs == (2 if instruction_parts else 0)
-        assert all(backend.stage_ms[name] > 0 for name in instruction_parts)
-    assert fake_gpu.memory.blocks == {}
