@@ -66,8 +66,9 @@ lint: $(VENV)/.installed $(STUBS)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The full suite reuses the bundle and episodes lean-test built (the same `build_engines --int8` its fixture would run).
 test: lint lean-test
-	$(BIN)/pytest -q
+	MOBILE_VLA_TEST_BUNDLE=$(TEST_BUNDLE) MOBILE_VLA_TEST_EPISODES=$(TEST_EPISODES) $(BIN)/pytest -q
 
 lean-test: $(VENV)/.installed $(LEAN)/.installed
 	MOBILE_VLA_EPISODES=$(TEST_EPISODES) $(BIN)/build_engines --int8 --output $(TEST_BUNDLE) > /dev/null
