@@ -99,10 +99,6 @@ class RunPlan:
                     pending.append(link.source.part)
         return found
 
-    def needs_history(self, name: str) -> bool:
-        """True when `name` or a part upstream of it reads a window (its value at t needs frames before t)."""
-        return any(link.source.kind == "window" for n in {name} | self.upstream(name) for link in self.inputs_of(n))
-
 
 def plan_problem(where: str, problem: str) -> MobileVLAError:
     return MobileVLAError(f"{where}: {problem}. The bundle's manifest is damaged or was written by an adapter with a "

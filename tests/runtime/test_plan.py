@@ -73,8 +73,6 @@ def test_a_three_part_window_plan() -> None:
     assert link is not None
     assert (link.consumer, link.input, link.source) == ("head", "features", Source("window", "vision", "feature"))
     assert link.source.key == "vision.feature"
-    assert plan.needs_history("head")
-    assert not plan.needs_history("vision") and not plan.needs_history("language")
     assert plan.upstream("head") == {"vision", "language"}
     assert plan.upstream("vision") == set() and plan.upstream("language") == set()
     assert [(k.input, k.source.kind) for k in plan.inputs_of("head")] == [
@@ -94,15 +92,14 @@ def test_a_frame_plan_has_no_window_and_upstream_is_transitive() -> None:
     assert plan.frame_parts == ("vision", "middle", "head")
     assert plan.upstream("head") == {"middle", "vision", "language"}
     assert plan.upstream("middle") == {"vision"}
-    assert not plan.needs_history("head")
 
 
-def test_history_is_needed_downstream_of_a_window() -> None:
+def test_a_part_may_follow_the_window_part() -> None:
     after = frame_head({"a": (t("a", (1, 2, 2)), "head.actions")})
     plan = run_plan((vision(), language(), replace(window_head(), outputs=(t("actions", (1, 2, 2)),)),
                      replace(after, name="smooth")), WINDOW)
     assert plan.final.name == "smooth"
-    assert plan.needs_history("smooth") and plan.upstream("smooth") == {"head", "vision", "language"}
+    assert plan.upstream("smooth") == {"head", "vision", "language"}
 
 
 def test_the_lstm_familys_legacy_parts_plan() -> None:
