@@ -13,6 +13,7 @@ no runtime code: only its parts' specs in the manifest.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from runtime.errors import MobileVLAError
@@ -65,20 +66,20 @@ class RunPlan:
     parts: tuple[PartSpec, ...]  # manifest order
     links: tuple[Link, ...]
 
-    @property
+    @functools.cached_property  # read every frame by the backends: computed once
     def instruction_parts(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.parts if p.cadence == "instruction")
 
-    @property
+    @functools.cached_property  # read every frame by the backends: computed once
     def frame_parts(self) -> tuple[str, ...]:
         """Run every frame, in this order (frame and window cadence)."""
         return tuple(p.name for p in self.parts if p.cadence != "instruction")
 
-    @property
+    @functools.cached_property  # read every frame by the backends: computed once
     def final(self) -> PartSpec:
         return self.parts[-1]
 
-    @property
+    @functools.cached_property  # read every frame by the backends: computed once
     def window_link(self) -> Link | None:
         return next((link for link in self.links if link.source.kind == "window"), None)
 

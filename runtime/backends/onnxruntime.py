@@ -165,6 +165,7 @@ class OnnxRuntimeBackend(Activated):
                 self._history_lens.append(runner.inputs[link.input])
         window = self.plan.window_link
         self._feature = self._history = None
+        self._producer = window.source.part if window is not None else None  # its output goes into the history
         if window is not None:
             self._feature = self.runners[window.source.part].outputs[window.source.tensor][0]
             self._history = self.runners[window.consumer].inputs[window.input][0]  # (window, ...) left-aligned
@@ -218,15 +219,14 @@ class OnnxRuntimeBackend(Activated):
             self._history[-1] = self._feature
 
     def step(self) -> BackendOutputs:
-        window = self.plan.window_link
-        producer = window.source.part if window is not None else None
+        producer = self._producer
         for name, runner in self._frame_runs:
             started = time.perf_counter()
             runner.run()
             if name == producer:
                 self._push_feature()
             self.stage_ms[name] = (time.perf_counter() - started) * 1e3
-        return BackendOutputs(self._actions, self._gripper, self._count if window is not None else 1)
+        return BackendOutputs(self._actions, self._gripper, self._count if producer is not None else 1)
 
 
 def onnx_backend(bundle: Bundle, precision: str = "fp32", threads: int = 0) -> OnnxRuntimeBackend:
