@@ -144,7 +144,7 @@ def test_manifest_holds_the_familys_parts_and_cadences(builds: Builds, family: s
                                                           "text.action_index"}
         assert manifest.prompt.layout == "text"
     plan = bundle.plan
-    assert plan.needs_history("head") == (WINDOW[family] > 1)
+    assert (plan.window_link is not None and plan.window_link.consumer == "head") == (WINDOW[family] > 1)
     assert plan.frame_parts == tuple(n for n, c in declared if c != "instruction")
     # what the adapter declares, field for field, for a fresh policy of the same shapes
     adapter = load_adapter(family)
