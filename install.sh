@@ -27,7 +27,11 @@ UNITS="mobile-vla-build-engines.service mobile-vla-runtime.service"
 # Device groups of the service account, each only where it exists: GPU/camera (video, render), serial (dialout),
 # power/INA sensors on I2C (i2c), GPIO (gpio), jetson-stats' socket (jtop).
 GROUPS_WANTED="video render dialout i2c gpio jtop"
-EXTRAS="replay,capture,serial"
+EXTRAS="replay,capture,serial,jetson"
+# Every package from the lock, pinned with its hashes (make lock writes them; docs/development.md): nothing is resolved
+# on the robot. The project itself goes in without dependencies, built by the locked setuptools.
+LOCK=requirements/robot.txt
+CUDA_LOCK=requirements/robot-cuda.txt   # pycuda, compiled here against CUDA, where nvcc exists
 
 usage() {
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
@@ -336,13 +340,14 @@ else
         say "created venv $VENV ($PY $PY_VERSION, --system-site-packages)"
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "${SRC}[$EXTRAS]"
-    say "installed: mobile-vla-edge[$EXTRAS] from $SRC into $VENV (pip)"
+    "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r "$SRC/$LOCK"
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation "${SRC}[$EXTRAS]"
+    say "installed: mobile-vla-edge[$EXTRAS] from $SRC into $VENV (pip, every dependency from $LOCK)"
     if "$VENV/bin/python" -c "import pycuda.driver" 2>/dev/null; then
         say "unchanged: pycuda in $VENV"
     elif PATH=/usr/local/cuda/bin:$PATH command -v nvcc >/dev/null 2>&1; then
-        PATH=/usr/local/cuda/bin:$PATH "$VENV/bin/python" -m pip install -q pycuda
-        say "installed: pycuda into $VENV (compiled against $(PATH=/usr/local/cuda/bin:$PATH command -v nvcc))"
+        PATH=/usr/local/cuda/bin:$PATH "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r "$SRC/$CUDA_LOCK"
+        say "installed: pycuda from $CUDA_LOCK into $VENV (compiled against $(PATH=/usr/local/cuda/bin:$PATH command -v nvcc))"
     else
         say "skipped: pycuda (no nvcc: no CUDA here; the runtime will use ONNX Runtime)"
     fi

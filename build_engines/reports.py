@@ -38,7 +38,8 @@ def build_report(layout: str, instruction: str, source: dict[str, Any], parity: 
         "parity": parity.to_dict(),
         "timings": timings,
         "sizes_bytes": sizes,
-        "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+                 "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},  # kernels this build ran
         "instruction": instruction,
         "plan": build_report_plan(stage),  # `build_engines --plan`, from the staged manifest
     }

@@ -11,7 +11,7 @@ state over a window and every step is supervised with the normalized action chun
 
 from __future__ import annotations
 
-import logging
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,14 +27,16 @@ from runtime.episodes import EpisodeInfo, iter_episode_frames
 from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptEncoder
 
-log = logging.getLogger("build_engines.demo.fit")
-
 
 @dataclass(frozen=True)
 class FitSettings:
     steps: int = 800
     batch: int = 32  # windows per step
     learning_rate: float = 2e-3
+    # AdamW's decoupled decay and Gaussian noise on the training features: together they bound the head's gain, so
+    # it does not hang its output on feature differences finer than an INT8 trunk computes (docs/building.md)
+    weight_decay: float = 0.5
+    feature_noise: float = 0.01
     seed: int = 0
 
 
@@ -46,11 +48,18 @@ class FitReport:
     first_loss: float
     final_loss: float
     seconds: float
+    weights_sha256: str = ""  # of the fitted head and action token: equal on every build host (demo/pinned.py)
+    cpu: str = ""  # what the fit's PyTorch ran on
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | str]:
         return {"steps": self.steps, "episodes": self.episodes, "frames": self.frames,
                 "first_loss": round(self.first_loss, 5), "final_loss": round(self.final_loss, 5),
-                "seconds": round(self.seconds, 1)}
+                "seconds": round(self.seconds, 1), "weights_sha256": self.weights_sha256, "cpu": self.cpu}
+
+    def describe(self) -> str:
+        return (f"fitted the demo policy's head to {self.episodes} synthetic episodes in {self.seconds:.1f} s on "
+                f"{self.cpu}: loss {self.first_loss:.4f} -> {self.final_loss:.4f}, weights "
+                f"sha256 {self.weights_sha256[:16]}")
 
 
 @dataclass
@@ -85,6 +94,17 @@ def load_episode(info: EpisodeInfo, color: str, pre: Preprocessing, encoder: Pro
     targets = chunk_targets(normalize_actions(recorded, action), head.chunk)
     text = {k: torch.from_numpy(v) for k, v in encoder.encode(info.instruction or instruction).feed().items()}
     return EpisodeTensors(torch.from_numpy(frames), torch.from_numpy(targets.astype(np.float32)), text)
+
+
+def fitted_weights_sha256(policy: ReferencePolicy) -> str:
+    """sha256 over what the fit trains (the head) and the action token, by name and exact float32 bytes."""
+    digest = hashlib.sha256()
+    tensors = {f"act_head.{k}": v for k, v in policy.act_head.state_dict().items()}
+    tensors["action_token"] = policy.action_token.detach()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def head_outputs(policy: ReferencePolicy, features: Tensor) -> Tensor:
@@ -122,7 +142,7 @@ def fit_head(policy: ReferencePolicy, episodes: Sequence[EpisodeInfo], color: st
              settings: FitSettings = FitSettings()) -> FitReport:
     """Train the LSTM head on the frozen backbone's features of `episodes` (see the module docstring)."""
     if settings.steps == 0:  # tests that only need the export path skip the fit
-        return FitReport(0, len(episodes), 0, 0.0, 0.0, 0.0)
+        return FitReport(0, len(episodes), 0, 0.0, 0.0, 0.0, fitted_weights_sha256(policy))
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -133,19 +153,22 @@ def fit_head(policy: ReferencePolicy, episodes: Sequence[EpisodeInfo], color: st
     inputs = torch.stack([f[s : s + window] for f in features for s in range(max(1, f.shape[0] - window + 1))])
     targets = torch.stack([d.targets[s : s + window] for d in data
                            for s in range(max(1, d.frames.shape[0] - window + 1))])
-    optimizer = torch.optim.Adam(policy.act_head.parameters(), lr=settings.learning_rate)
+    noise = np.random.default_rng(settings.seed + 1)  # numpy's normals are exact integer work: the same everywhere
+    optimizer = torch.optim.AdamW(policy.act_head.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
     policy.act_head.train()
     losses = []
     for _ in range(settings.steps):
         picks = torch.from_numpy(rng.integers(0, inputs.shape[0], settings.batch))
-        loss = torch.nn.functional.mse_loss(head_outputs(policy, inputs[picks]), targets[picks])  # tanh inside
+        batch = inputs[picks]
+        if settings.feature_noise:
+            batch = batch + settings.feature_noise * torch.from_numpy(
+                noise.standard_normal(tuple(batch.shape)).astype(np.float32))
+        loss = torch.nn.functional.mse_loss(head_outputs(policy, batch), targets[picks])  # tanh inside
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     policy.eval()
-    report = FitReport(settings.steps, len(data), sum(d.frames.shape[0] for d in data), float(np.mean(losses[:5])),
-                       float(np.mean(losses[-20:])), time.perf_counter() - started)
-    log.info("fitted the demo policy's head to %d synthetic episodes in %.1f s: loss %.4f -> %.4f",
-             report.episodes, report.seconds, report.first_loss, report.final_loss)
-    return report
+    return FitReport(settings.steps, len(data), sum(d.frames.shape[0] for d in data), float(np.mean(losses[:5])),
+                     float(np.mean(losses[-20:])), time.perf_counter() - started, fitted_weights_sha256(policy))

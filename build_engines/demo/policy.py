@@ -5,6 +5,7 @@ preset's shapes (export and latency tests)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,8 @@ from build_engines.adapters import DEFAULT_POLICY
 from build_engines.checkpoint import ImportedPolicy, import_checkpoint
 from build_engines.demo.checkpoint_writer import write_robovlms_checkpoint
 from build_engines.demo.episodes import SyntheticSpec, generate_episodes
-from build_engines.demo.fit import FitReport, demo_init, fit_head
+from build_engines.demo.fit import FitReport, FitSettings, demo_init, fit_head
+from build_engines.demo.pinned import pinned_cpu, run_pinned
 from build_engines.input_episodes import has_episodes, user_episodes
 from build_engines.presets import TINY_VOCAB, HeadConfig, kosmos_config, tiny_head
 from build_engines.prompt_tokens import TOKENIZER_FILE, policy_prompt
@@ -23,9 +25,10 @@ from build_engines.tokenizer_gen import write_tiny_tokenizer
 from build_engines.training_config import write_training_config
 from calibration.sampling import split_episodes
 from runtime.bundle import ActionSettings
-from runtime.episodes import scan_episodes
+from runtime.episodes import EpisodeInfo, scan_episodes
 from runtime.errors import MobileVLAError
 from runtime.paths import default_episodes_dir
+from runtime.preprocess import Preprocessing
 from runtime.prompt import PromptEncoder
 
 if TYPE_CHECKING:
@@ -61,26 +64,62 @@ def demo_episodes(options: BuildOptions) -> Path:
     return directory
 
 
+@dataclass(frozen=True)
+class DemoFitJob:
+    """What writing the demo checkpoint needs: picklable, for the pinned child (demo/pinned.py)."""
+
+    seed: int
+    head_variant: str
+    pool: tuple[EpisodeInfo, ...]  # the calibration pool: the held-out episodes are never fitted on
+    layout: str
+    instruction: str
+    max_prompt_tokens: int
+    color: str
+    preprocessing: Preprocessing
+    fit: FitSettings
+    workdir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.workdir / "demo_policy.ckpt"
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "demo_config.json"
+
+
+def write_demo_checkpoint(job: DemoFitJob) -> FitReport:
+    """The seeded tiny policy, rescaled, fitted to the pool, written as a RoboVLMs checkpoint and training config."""
+    policy = demo_reference_policy(job.seed, job.head_variant)
+    demo_init(policy)
+    tokenizer = job.workdir / TOKENIZER_FILE
+    write_tiny_tokenizer(tokenizer, vocab_size=TINY_VOCAB)
+    prompt = policy_prompt(tokenizer, policy, job.layout, job.instruction, job.max_prompt_tokens)
+    fit = fit_head(policy, job.pool, job.color, job.preprocessing, PromptEncoder(tokenizer, prompt), job.instruction,
+                   DEMO_NORMALIZATION, job.fit)
+    write_robovlms_checkpoint(policy, job.checkpoint, seed=job.seed)
+    write_training_config(job.config, policy.head_config, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
+    return replace(fit, cpu=pinned_cpu())
+
+
 def demo_policy(options: BuildOptions, workdir: Path) -> tuple[ImportedPolicy, FitReport]:
     """The embedded default: a seeded tiny policy fitted briefly to the demo episodes' calibration pool (never to
-    the held-out ones), written as a RoboVLMs checkpoint, then imported for real."""
-    policy = demo_reference_policy(options.seed, options.demo_head_variant)
-    demo_init(policy)
-    head = policy.head_config
+    the held-out ones), written as a RoboVLMs checkpoint, then imported for real.
+
+    The fit runs in a child held to the x86-64 baseline (demo/pinned.py), so every build host fits the same
+    weights; without a fit (steps 0, export tests) nothing amplifies float differences and it runs here."""
+    head = tiny_head(options.demo_head_variant)
     data = demo_episodes(options)
     scan = scan_episodes(data, require_actions=True, action_dim=head.action_dim, min_frames=head.window)
-    pool = split_episodes(scan.episodes, options.sample).pool
-    tokenizer = workdir / TOKENIZER_FILE
-    write_tiny_tokenizer(tokenizer, vocab_size=TINY_VOCAB)
-    prompt = policy_prompt(tokenizer, policy, options.layout, options.instruction, options.max_prompt_tokens)
-    fit = fit_head(policy, pool, options.episode_color, options.preprocessing, PromptEncoder(tokenizer, prompt),
-                   options.instruction, DEMO_NORMALIZATION, options.fit)
-    checkpoint, config = workdir / "demo_policy.ckpt", workdir / "demo_config.json"
-    write_robovlms_checkpoint(policy, checkpoint, seed=options.seed)
-    write_training_config(config, head, lora_r=4, lora_alpha=8.0, action=DEMO_NORMALIZATION)
-    log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", checkpoint.name,
-             config.name)
-    return import_checkpoint(checkpoint, config, preset="tiny"), fit
+    job = DemoFitJob(options.seed, options.demo_head_variant, split_episodes(scan.episodes, options.sample).pool,
+                     options.layout, options.instruction, options.max_prompt_tokens, options.episode_color,
+                     options.preprocessing, options.fit, workdir)
+    fit = run_pinned(write_demo_checkpoint, job) if options.fit.steps else write_demo_checkpoint(job)
+    if fit.steps:
+        log.info("%s", fit.describe())
+    log.info("wrote the demo policy as a RoboVLMs-style checkpoint %s (+ %s); importing it", job.checkpoint.name,
+             job.config.name)
+    return import_checkpoint(job.checkpoint, job.config, preset="tiny"), fit
 
 
 def checkpointless_policy(options: BuildOptions, adapter: PolicyAdapter,

@@ -36,13 +36,15 @@ def test_int8_bundle_has_symmetric_per_channel_qdq_parts(demo_bundle: Path) -> N
     assert bundle.manifest.warnings == ()
 
 
-def test_accuracy_report_meets_the_gate_on_held_out_episodes(demo_bundle: Path) -> None:
+def test_accuracy_report_records_the_gate_on_held_out_episodes(demo_bundle: Path) -> None:
+    """What the report says and that its verdicts follow its own thresholds (the test bundle's gates are wide by
+    construction, tests/conftest.py; the demo under the default gate: tests/build_engines/demo/test_demo_build.py)."""
     report = json.loads((demo_bundle / "accuracy_report.json").read_text())
-    e2e = report["gate"]["end_to_end"]
-    assert e2e["passed"] and e2e["mae"] <= 0.02 and e2e["sign_agreement"] >= 0.98
-    assert e2e["int8_parts"] == ["vision", "trunk", "head"]
+    limits, e2e = report["gate"]["thresholds"], report["gate"]["end_to_end"]
+    assert e2e["passed"] == (e2e["mae"] <= limits["mae"] and e2e["sign_agreement"] >= limits["sign_agreement"])
+    assert e2e["passed"] and e2e["finite"] and e2e["int8_parts"] == ["vision", "trunk", "head"]
     for part in report["gate"]["parts"].values():
-        assert part["passed"] and part["cosine_mean"] >= 0.99
+        assert part["passed"] == (part["cosine_mean"] >= limits["cosine"]) and part["samples"] > 0
     data = report["dataset"]
     assert not set(data["calibration_pool"]) & set(data["held_out"])  # held-out frames never calibrated on
     assert len(report["sample"]["per_scenario"]) == 4

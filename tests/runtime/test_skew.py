@@ -100,9 +100,12 @@ def test_a_planted_bgr_rgb_swap_shows_as_large_skew(bundle: Bundle, textured: Pa
     # The appsrc caps claim RGB for the recorder's BGR images: the pipeline converts the wrong way round.
     report = measure_skew(bundle, textured, [parse_path(MATCHED)], announce="rgb")
     swapped = rows(report)[MATCHED]
-    assert swapped["channels"] == "swapped"
+    assert swapped["channels"] == "swapped"  # from the pixels: whatever the policy makes of them
     assert swapped["pixel_mae_rb_swapped"] < 1.0 < 10 < swapped["pixel_mae"]  # measured 0.1 and 28.4
-    assert not swapped["within_bound"] and swapped["mae"] > 2 * SKEW_MAE_BOUND  # measured 0.060, sign 69%
+    # How far the velocities move is the policy's own sensitivity to colour (the demo's: MAE 0.015): compared with
+    # the same path without the swap, not with the bound.
+    correct = rows(measure_skew(bundle, textured, [parse_path(MATCHED)]))[MATCHED]
+    assert correct["channels"] == "ok" and swapped["mae"] > 10 * correct["mae"]
     assert report["verdict"]["channels_swapped"] == [MATCHED]
     assert "CHANNEL ORDER: videoscale:bilinear2" in skew_text(report)
 
@@ -111,7 +114,7 @@ def test_the_cli_finds_a_swap_planted_in_the_camera_tail(demo_bundle: Path, text
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The mistake lives in the tail the camera paths share (it delivers BGRA where the bundle takes RGBA): the skew
-    command, which runs that very tail, catches it; the nearest row fails the bound as well."""
+    command, which runs that very tail, catches it on every path it runs."""
     original = pipeline._cpu_tail
     monkeypatch.setattr(pipeline, "_cpu_tail", lambda pre, settings, size=None, flip_here=True: original(
         replace(pre, frame_format="BGRA"), settings, size, flip_here))
@@ -123,9 +126,10 @@ def test_the_cli_finds_a_swap_planted_in_the_camera_tail(demo_bundle: Path, text
     got = rows(report)
     assert report["frames"] == 16 and set(got) == {"training", MATCHED, NEAREST}
     assert got[MATCHED]["channels"] == got[NEAREST]["channels"] == "swapped"
-    assert not got[MATCHED]["within_bound"] and not got[NEAREST]["within_bound"]
+    assert set(report["verdict"]["channels_swapped"]) == {MATCHED, NEAREST}
     printed = capsys.readouterr().out
-    assert "OUTSIDE" in printed and "bound: chunk[0] MAE <= 0.02 and sign agreement >= 98%" in printed
+    assert f"CHANNEL ORDER: {MATCHED} delivers frames nearer the training frame with R and B swapped" in printed
+    assert "bound: chunk[0] MAE <= 0.02 and sign agreement >= 98%" in printed
 
 
 def test_skew_table_for_the_build_report_on_the_demo_episodes(bundle: Bundle, demo_episodes: Path) -> None:
