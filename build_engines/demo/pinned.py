@@ -1,16 +1,14 @@
 """Run a function in a fresh interpreter whose PyTorch is held to the x86-64 baseline code paths, one thread.
 
-Why the demo fit runs here (docs/building.md, "The embedded demo"): the fit is 800 Adam steps, and Adam turns
-last-bit differences into different weights. PyTorch picks its kernels by the build host's CPU (AVX-512, AVX2 or
-the baseline), MKL and oneDNN theirs, and the thread count splits reductions: the same fit gave features 2.7e-7
-apart on AVX-512 and AVX2 and heads whose weights differ by up to 0.49, one of which passed the INT8 gate and one
-of which did not. These knobs are read once, when PyTorch loads, so they cannot be changed in the building process:
-the work runs in a spawned child that starts with them set.
+Why the demo fit runs here (measured in docs/building.md, "The embedded demo"): the fit is 800 AdamW steps, which
+turn last-bit float differences into different weights. PyTorch picks its kernels by the build host's CPU (AVX-512,
+AVX2 or the baseline), MKL and oneDNN theirs, and the thread count splits reductions, so two hosts fitted two
+different heads and only one of them passed the INT8 gate. These knobs are read once, when PyTorch loads, so they
+cannot be changed in the building process: the work runs in a spawned child that starts with them set.
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import platform
@@ -19,7 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
-log = logging.getLogger("build_engines.demo.pinned")
 T = TypeVar("T")
 
 # ATen's dispatch (default = no AVX2/AVX-512 kernels), MKL's conditional numerical reproducibility (the same code
