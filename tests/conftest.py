@@ -45,7 +45,7 @@ def demo_episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Gates that only a NaN or inf fails: the test bundle's parts are INT8 by construction, on any build host. The same
 # flags build it in `make lean-test` (Makefile INT8_BY_CONSTRUCTION; tests/deploy/test_locks.py keeps them equal).
-# Whether the demo passes its real gate is tested with the default bounds (tests/build_engines/test_demo_cpu.py).
+# Whether the demo passes its real gate is tested with the default bounds (tests/build_engines/demo/test_demo_build.py).
 INT8_BY_CONSTRUCTION = {"mae": 1.0, "sign_agreement": 0.001, "cosine": 0.001}
 
 
