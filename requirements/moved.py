@@ -12,20 +12,31 @@ import sys
 from pathlib import Path
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+HASH = "--hash=sha256:"
 
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_pins(lock: Path) -> dict[str, str]:
-    """name -> version; a package pinned per Python (markers) keeps its first line (one-Python locks hold one)."""
-    pins: dict[str, str] = {}
+def lock_entries(lock: Path) -> dict[str, list[tuple[str, int]]]:
+    """name -> [(version, hash count)], one entry per pin line (a universal lock pins some per Python)."""
+    entries: dict[str, list[tuple[str, int]]] = {}
+    current: list[tuple[str, int]] | None = None
     for line in lock.read_text().splitlines():
         match = PIN.match(line)
         if match:
-            pins.setdefault(canonical(match.group(1)), match.group(2))
-    return pins
+            current = entries.setdefault(canonical(match.group(1)), [])
+            current.append((match.group(2), 0))
+        elif line.strip().startswith(HASH) and current:
+            version, count = current[-1]
+            current[-1] = (version, count + 1)
+    return entries
+
+
+def lock_pins(lock: Path) -> dict[str, str]:
+    """name -> version; a package pinned per Python (markers) keeps its first line (one-Python locks hold one)."""
+    return {name: lines[0][0] for name, lines in lock_entries(lock).items()}
 
 
 def venv_versions(venv: Path) -> dict[str, str]:

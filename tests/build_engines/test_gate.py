@@ -15,18 +15,11 @@ import pytest
 
 from build_engines import int8
 from build_engines.int8 import GateSettings, Int8Options, PartGate, end_to_end_gate, part_gate
+from tests.fakes.runners import FixedRunner
 
 PARTS = ("vision", "trunk", "head")
 FRAMES = 100
 REFERENCE = np.full((FRAMES, 2), 0.5)  # chunk[0] of FP32, both axes moving forward at 0.5
-
-
-class FixedRunner:
-    def __init__(self, outputs: Mapping[str, np.ndarray]) -> None:
-        self.outputs = dict(outputs)
-
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.outputs
 
 
 def at_cosine(value: float) -> np.ndarray:

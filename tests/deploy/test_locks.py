@@ -3,8 +3,10 @@ pyproject.toml's ranges, and used by every install path (make, install.sh, Docke
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,26 +18,18 @@ LOCKS = {  # lock -> the extras it must cover (with what they pull in)
     "requirements/runtime-test.txt": ("replay", "capture", "serial", "dds", "test"),
     "requirements/robot.txt": ("replay", "capture", "serial", "jetson"),
 }
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: ;.*?)? \\$")
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def lock_module() -> ModuleType:
+    """requirements/moved.py (a script beside the locks, not a package): its lock parser."""
+    spec = importlib.util.spec_from_file_location("lock_moved", ROOT / "requirements" / "moved.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def pins_with_hashes(lock: Path) -> dict[str, list[tuple[str, int]]]:
-    """name -> [(version, hash count)], one entry per pin line (a universal lock pins some per Python)."""
-    pins: dict[str, list[tuple[str, int]]] = {}
-    current: list[tuple[str, int]] | None = None
-    for line in lock.read_text().splitlines():
-        match = PIN.match(line)
-        if match:
-            current = pins.setdefault(canonical(match.group(1)), [])
-            current.append((match.group(2), 0))
-        elif line.strip().startswith("--hash=sha256:") and current:
-            version, count = current[-1]
-            current[-1] = (version, count + 1)
-    return pins
+MOVED = lock_module()
 
 
 def wanted(extras: tuple[str, ...]) -> list[str]:
@@ -62,7 +56,7 @@ def test_the_lock_pins_every_requirement_inside_its_range_with_hashes(lock: str)
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    pins = pins_with_hashes(ROOT / lock)
+    pins = MOVED.lock_entries(ROOT / lock)
     assert pins, f"{lock} holds no pin: run make lock"
     unhashed = [name for name, lines in pins.items() if any(count == 0 for _, count in lines)]
     assert not unhashed, f"{lock}: pins without a hash: {unhashed}"
@@ -71,7 +65,7 @@ def test_the_lock_pins_every_requirement_inside_its_range_with_hashes(lock: str)
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate({"sys_platform": "linux"}):
             continue
-        name = canonical(requirement.name)
+        name = MOVED.canonical(requirement.name)
         assert name in pins, f"{lock} does not pin {name} ({text}): run make lock"
         for version, _ in pins[name]:
             assert requirement.specifier.contains(Version(version), prereleases=True), (lock, text, version)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from build_engines.parity import ErrorStats, ParityReport, PartParity, parity_fa
 from runtime.bundle import load_bundle
 from runtime.errors import MobileVLAError
 from runtime.scoring import cosine
+from tests.fakes.runners import FixedRunner
 from tests.faults.test_build_inputs import write_run
 
 GOOD = np.array([0.5, -0.25, 0.125], dtype=np.float32)
@@ -59,16 +59,6 @@ def test_cosine_of_nan_or_an_all_zero_output_is_not_a_match() -> None:
     assert cosine(np.zeros(3, np.float32), GOOD) == 0.0
     assert cosine(np.zeros(3, np.float32), np.zeros(3, np.float32)) == 1.0
     assert cosine(GOOD, GOOD) == pytest.approx(1.0)
-
-
-class FixedRunner:
-    """A part that answers every feed with the same outputs."""
-
-    def __init__(self, outputs: Mapping[str, np.ndarray]) -> None:
-        self.outputs = dict(outputs)
-
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.outputs
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
